@@ -1,0 +1,206 @@
+"""The `geodetect` command line: parse, call one library function, print `error: …` on failure.
+
+Every subcommand maps to one function in the library; heavy imports happen inside the handlers
+so `geodetect --help` stays instant. Tests call `main(argv)` in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from geodetect import __version__
+from geodetect.errors import GeodetectError
+
+
+def _progress_enabled(args: argparse.Namespace) -> bool:
+    """Progress bars on a terminal; quiet in pipes unless -v."""
+    return bool(getattr(args, "verbose", False)) or sys.stderr.isatty()
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from geodetect.config import load_config
+    from geodetect.train import train
+
+    config = load_config(args.config, {"train.epochs": args.epochs})
+    model_path = train(
+        images=args.images,
+        labels=args.labels,
+        pointclouds=args.pointcloud,
+        config=config,
+        out_dir=args.out,
+        device=args.device,
+        seed=args.seed,
+        resume=args.resume,
+        progress=_progress_enabled(args),
+    )
+    print(model_path)
+    return 0
+
+
+def _cmd_infer(args: argparse.Namespace) -> int:
+    from geodetect.infer import infer
+
+    out = infer(
+        model=args.model,
+        images=args.images,
+        pointclouds=args.pointcloud,
+        out=args.out,
+        device=args.device,
+        tile=args.tile,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        threshold=args.threshold,
+        tta=args.tta,
+        progress=_progress_enabled(args),
+    )
+    print(out)
+    return 0
+
+
+def _cmd_samples(args: argparse.Namespace) -> int:
+    from geodetect.config import load_config
+    from geodetect.samples import write_samples
+
+    config = load_config(args.config)
+    index = write_samples(
+        images=args.images,
+        labels=args.labels,
+        pointclouds=args.pointcloud,
+        config=config,
+        out_dir=args.out,
+    )
+    print(index)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from geodetect.evaluate import evaluate
+
+    metrics = evaluate(pred=args.pred, truth=args.truth, iou=args.iou, errors=args.errors)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _cmd_rasterize(args: argparse.Namespace) -> int:
+    from geodetect.pointcloud import rasterize_file
+
+    out = rasterize_file(
+        args.las,
+        args.out,
+        like=args.like,
+        resolution=args.resolution,
+        kind=args.kind,
+        progress=_progress_enabled(args),
+    )
+    print(out)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from geodetect.demo import run_demo
+
+    run_demo(out_dir=args.out, progress=_progress_enabled(args), quick=args.quick)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; options follow ../shared/CONTRACT.md."""
+    parser = argparse.ArgumentParser(
+        prog="geodetect", description="Rotation-aware object detection in geospatial imagery and point clouds."
+    )
+    parser.add_argument("--version", action="version", version=f"geodetect {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("-v", "--verbose", action="store_true", help="show progress even when not on a terminal")
+        return p
+
+    p = add("train", "train a detector from positive and negative samples")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--labels", required=True, metavar="LABELS")
+    p.add_argument("--pointcloud", nargs="+", metavar="LAS", help="one per IMAGE, same order")
+    p.add_argument("--config", metavar="YAML")
+    p.add_argument("--out", default="run", metavar="DIR")
+    p.add_argument("--epochs", type=int, metavar="N")
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
+    p.add_argument("--seed", type=int, default=0, metavar="N")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in DIR")
+    p.set_defaults(func=_cmd_train)
+
+    p = add("infer", "detect objects over whole scenes")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--pointcloud", nargs="+", metavar="LAS", help="one per IMAGE, same order")
+    p.add_argument("--out", default="detections.gpkg", metavar="PATH")
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
+    p.add_argument("--tile", type=int, metavar="PX")
+    p.add_argument("--overlap", type=int, metavar="PX")
+    p.add_argument("--batch-size", type=int, metavar="N")
+    p.add_argument("--threshold", type=float, metavar="F")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None)
+    p.set_defaults(func=_cmd_infer)
+
+    p = add("samples", "write the normalised chips the trainer sees, plus an index CSV")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--labels", required=True, metavar="LABELS")
+    p.add_argument("--pointcloud", nargs="+", metavar="LAS")
+    p.add_argument("--config", metavar="YAML")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.set_defaults(func=_cmd_samples)
+
+    p = add("evaluate", "score detections against truth; prints metrics as JSON")
+    p.add_argument("pred", metavar="PRED")
+    p.add_argument("truth", metavar="TRUTH")
+    p.add_argument("--iou", type=float, default=0.5)
+    p.add_argument("--errors", metavar="ERRORS.gpkg", help="write false positives/negatives as layers")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = add("rasterize", "turn a LAS/LAZ point cloud into a DSM, DTM or nDSM GeoTIFF")
+    p.add_argument("las", metavar="LAS")
+    grid = p.add_mutually_exclusive_group(required=True)
+    grid.add_argument("--like", metavar="IMAGE", help="use this scene's exact grid")
+    grid.add_argument("--resolution", type=float, metavar="M", help="cell size in CRS units")
+    p.add_argument("--out", required=True, metavar="DEM.tif")
+    p.add_argument("--kind", choices=["dsm", "dtm", "ndsm"], default="dsm")
+    p.set_defaults(func=_cmd_rasterize)
+
+    p = add("demo", "make sample data, train, infer, evaluate")
+    p.add_argument("--out", default="demo_out", metavar="DIR")
+    p.add_argument("--quick", action="store_true", help="tiny settings (for tests)")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status instead of exiting (tests call this)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except GeodetectError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"error: {exc.filename or exc}: no such file", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("error: out of memory; use a smaller --tile or --batch-size", file=sys.stderr)
+        return 2
+
+
+def entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,118 @@
+"""One typed configuration schema. YAML files in configs/ are instances of `Config`.
+
+Unknown keys are errors (extra="forbid") so a typo in a YAML file never passes silently.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from geodetect.errors import InputError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """How chips are cut from scenes and normalised."""
+
+    gsd: float | None = Field(
+        None, gt=0, description="training ground sample distance (CRS units/px); None: median GSD of the training scenes"
+    )
+    chip_size: int = Field(128, ge=32, le=1024, description="training chip side in pixels at `gsd`")
+    bands: list[int] | None = Field(None, description="1-based raster bands to use; None: the first 3 (or all if fewer)")
+    elevation: Literal["auto", "on", "off"] = Field(
+        "auto", description="add the nDSM channel: auto = when point clouds are given"
+    )
+    stats: Literal["scene", "model"] = Field(
+        "scene", description="colour statistics at inference: per scene (robust to casts) or the training ones"
+    )
+    percentiles: tuple[float, float] = Field((2.0, 98.0), description="robust per-band range for colour normalisation")
+    stats_pixels: int = Field(200_000, ge=1000, description="pixels sampled per scene for band statistics")
+
+
+class ModelConfig(_Section):
+    """The CNN."""
+
+    arch: Literal["geonet"] = Field("geonet", description="network family")
+    width: int = Field(32, ge=8, le=256, description="base channel count")
+    backbone: Literal["none", "resnet18", "resnet34"] = Field(
+        "none", description="torchvision backbone instead of the small built-in one"
+    )
+    pretrained: str | None = Field(None, description="local path to backbone weights (no downloads)")
+
+
+class TrainConfig(_Section):
+    """The training loop."""
+
+    epochs: int = Field(30, ge=1, description="passes over `chips_per_epoch` chips")
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(2e-3, gt=0, description="AdamW peak learning rate (one-cycle schedule)")
+    weight_decay: float = Field(1e-4, ge=0)
+    chips_per_epoch: int = Field(512, ge=1, description="random chips drawn per epoch")
+    negative_fraction: float = Field(0.3, ge=0, le=1, description="share of chips centred in negative regions")
+    hard_negative_weight: float = Field(3.0, ge=1, description="oversampling of confusers inside negatives")
+    val_fraction: float = Field(0.2, ge=0, lt=1, description="share of positives held out for validation")
+    rotate: bool = Field(True, description="random rotation augmentation (any angle)")
+    workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    amp: bool = Field(True, description="mixed precision on CUDA")
+
+
+class InferConfig(_Section):
+    """Detection over whole scenes."""
+
+    tile: int = Field(512, ge=64, description="tile side in pixels at the model GSD")
+    overlap: int = Field(64, ge=0, description="tile overlap in pixels; must exceed the largest object")
+    batch_size: int = Field(4, ge=1)
+    threshold: float = Field(0.3, ge=0, le=1, description="minimum score kept")
+    nms_iou: float = Field(0.3, ge=0, le=1, description="rotated-IoU for merging duplicates")
+    tta: bool = Field(False, description="rotated/flipped passes fused")
+
+
+class Config(_Section):
+    """The whole configuration; every key has a documented default."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    infer: InferConfig = InferConfig()
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read a YAML config (or the defaults) and apply dotted overrides like {"train.epochs": 5}."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"{p}: config file not found")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise InputError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise InputError(f"{p}: a config is a mapping of sections (data, model, train, infer)")
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        src = f"{path}: " if path else ""
+        raise InputError(f"{src}config key '{where}': {first['msg']}") from None
+
+
+def dump_config(config: Config) -> dict[str, Any]:
+    """Plain-data form, as saved next to a run and inside the model file."""
+    return config.model_dump(mode="json")

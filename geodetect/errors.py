@@ -1,0 +1,35 @@
+"""Error types. Every error a user can cause is a GeodetectError; the CLI prints it as one line."""
+
+from __future__ import annotations
+
+
+class GeodetectError(Exception):
+    """Root of every user-facing error; `str(err)` is the one line shown after `error: `."""
+
+
+class InputError(GeodetectError, ValueError):
+    """Bad user input: arguments, configs, values that make no sense."""
+
+
+class RasterError(GeodetectError, OSError):
+    """A raster cannot be opened or read."""
+
+
+class PointCloudError(GeodetectError, OSError):
+    """A LAS/LAZ file cannot be opened or read."""
+
+
+class LabelError(GeodetectError, ValueError):
+    """A label or detection file is missing, unreadable or invalid."""
+
+
+class CRSError(GeodetectError, ValueError):
+    """A coordinate reference system is missing or incompatible."""
+
+
+class ModelError(GeodetectError, ValueError):
+    """A model file is not ours, is corrupt, or does not fit the input."""
+
+
+class DeviceError(GeodetectError, RuntimeError):
+    """The requested compute device is not available."""
