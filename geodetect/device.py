@@ -1,0 +1,79 @@
+"""Compute device selection, mixed precision and out-of-memory handling (shared by train/infer).
+
+`--device` accepts auto | cpu | cuda | cuda:N. Asking for CUDA where there is none is a user
+error (DeviceError, one line), never a silent fallback to CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+
+import torch
+
+from geodetect.errors import DeviceError
+
+_SPEC = re.compile(r"^(auto|cpu|cuda)(?::(\d+))?$")
+
+
+def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
+    """The torch device for a `--device` value; raises DeviceError when it cannot be used.
+
+    "auto" (or None) picks the first CUDA device when there is one, else the CPU.
+    """
+    if isinstance(spec, torch.device):
+        spec = str(spec)
+    text = (spec or "auto").strip().lower()
+    match = _SPEC.match(text)
+    if match is None:
+        raise DeviceError(f"device '{spec}' not understood; use auto, cpu, cuda or cuda:N")
+    kind, index = match.group(1), match.group(2)
+    if kind == "auto":
+        if index is not None:
+            raise DeviceError(f"device '{spec}' not understood; use auto, cpu, cuda or cuda:N")
+        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    if kind == "cpu":
+        if index not in (None, "0"):
+            raise DeviceError(f"device '{spec}' not understood; use cpu without an index")
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise DeviceError("CUDA was asked for but is not available; use --device cpu")
+    n = torch.cuda.device_count()
+    i = int(index) if index is not None else 0
+    if i >= n:
+        raise DeviceError(f"CUDA device {i} was asked for; only cuda:0..cuda:{n - 1} exist")
+    return torch.device("cuda", i)
+
+
+def use_amp(device: torch.device, enabled: bool = True) -> bool:
+    """Mixed precision only on CUDA: on CPU bfloat16 autocast is slower for small convs."""
+    return enabled and device.type == "cuda"
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, enabled: bool = True) -> Iterator[None]:
+    """float16 autocast on CUDA when enabled, a no-op elsewhere."""
+    if use_amp(device, enabled):
+        with torch.autocast(device_type="cuda", dtype=torch.float16):
+            yield
+    else:
+        yield
+
+
+def pin_memory(device: torch.device) -> bool:
+    """Page-locked host buffers speed up host→GPU copies; pointless on CPU."""
+    return device.type == "cuda"
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Whether an exception is a CUDA out-of-memory error that a smaller batch can avoid."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def empty_cache(device: torch.device) -> None:
+    """Release cached blocks after an OOM so the retry can use them."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
