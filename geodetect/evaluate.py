@@ -194,7 +194,11 @@ def _metrics(
 
 
 def _boxes_of(gdf: Any, y_down: bool, path: Path) -> np.ndarray:
-    """Oriented boxes (N, 5) from 4-corner rectangle polygons, in the file's own frame."""
+    """Oriented boxes (N, 5) from 4-corner rectangle polygons, in a y-down frame.
+
+    Map coordinates (y north) are mirrored to y' = -y: a global mirror keeps every IoU, and
+    with the y-down convention it keeps every angle too, so one frame serves IoU and angles.
+    """
     if len(gdf) == 0:
         return np.empty((0, 5))
     geoms = gdf.geometry.values
@@ -204,7 +208,9 @@ def _boxes_of(gdf: Any, y_down: bool, path: Path) -> np.ndarray:
         raise LabelError(f"{path}: feature {int(bad[0])} is not a 4-corner rectangle polygon")
     corners = shapely.get_coordinates(shapely.get_exterior_ring(geoms)).reshape(-1, 5, 2)[:, :4]
     try:
-        boxes, _ = geometry.boxes_from_corners(corners, y_down=y_down)
+        if not y_down:
+            corners = corners * np.array([1.0, -1.0])
+        boxes, _ = geometry.boxes_from_corners(corners, y_down=True)
     except ValueError as exc:
         raise LabelError(f"{path}: {exc}") from None
     return boxes
