@@ -193,27 +193,14 @@ def _metrics(
     }
 
 
-def _boxes_of(gdf: Any, y_down: bool, path: Path) -> np.ndarray:
-    """Oriented boxes (N, 5) from 4-corner rectangle polygons, in a y-down frame.
+def _boxes_of(gdf: Any, path: Path) -> np.ndarray:
+    """Boxes (N, 5) in a y-down frame (see merge.polygon_boxes); LabelError for non-rectangles."""
+    from geodetect.merge import polygon_boxes
 
-    Map coordinates (y north) are mirrored to y' = -y: a global mirror keeps every IoU, and
-    with the y-down convention it keeps every angle too, so one frame serves IoU and angles.
-    """
-    if len(gdf) == 0:
-        return np.empty((0, 5))
-    geoms = gdf.geometry.values
-    is_quad = (shapely.get_type_id(geoms) == 3) & (shapely.get_num_coordinates(geoms) == 5)
-    bad = np.nonzero(~is_quad)[0]
-    if len(bad):
-        raise LabelError(f"{path}: feature {int(bad[0])} is not a 4-corner rectangle polygon")
-    corners = shapely.get_coordinates(shapely.get_exterior_ring(geoms)).reshape(-1, 5, 2)[:, :4]
     try:
-        if not y_down:
-            corners = corners * np.array([1.0, -1.0])
-        boxes, _ = geometry.boxes_from_corners(corners, y_down=True)
+        return polygon_boxes(gdf)
     except ValueError as exc:
         raise LabelError(f"{path}: {exc}") from None
-    return boxes
 
 
 def _headings(gdf: Any) -> np.ndarray:
@@ -222,8 +209,8 @@ def _headings(gdf: Any) -> np.ndarray:
     return np.asarray(gdf["heading_deg"].to_numpy(dtype=float, na_value=np.nan), np.float64)
 
 
-def _read_pair(pred: str | Path, truth: str | Path) -> tuple[Any, Any, bool]:
-    """Predictions and truth positives in the predictions' CRS; and whether y grows down."""
+def _read_pair(pred: str | Path, truth: str | Path) -> tuple[Any, Any]:
+    """Predictions and truth positives, truth in the predictions' CRS."""
     from geodetect.labels import read_vector
 
     p, t = read_vector(pred), read_vector(truth)
@@ -239,8 +226,7 @@ def _read_pair(pred: str | Path, truth: str | Path) -> tuple[Any, Any, bool]:
         raise CRSError(f"{missing}: has no CRS but the other file has one; set one with ogr2ogr")
     if p.crs is not None and t.crs != p.crs:
         t = t.to_crs(p.crs)
-    # Without a CRS, files are in rasterio's pixel frame (x = col, y = row: y grows down).
-    return p.reset_index(drop=True), t.reset_index(drop=True), p.crs is None
+    return p.reset_index(drop=True), t.reset_index(drop=True)
 
 
 def evaluate(
@@ -264,8 +250,8 @@ def evaluate(
         from geodetect.atomic import check_out_dir
 
         check_out_dir(errors)
-    p, t, y_down = _read_pair(pred, truth)
-    pb, tb = _boxes_of(p, y_down, Path(pred)), _boxes_of(t, y_down, Path(truth))
+    p, t = _read_pair(pred, truth)
+    pb, tb = _boxes_of(p, Path(pred)), _boxes_of(t, Path(truth))
     ph, th = _headings(p), _headings(t)
     pc, tc = p["class"].astype(str).to_numpy(), t["class"].astype(str).to_numpy()
     scores = p["score"].to_numpy(float) if "score" in p.columns else np.ones(len(p))

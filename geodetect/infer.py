@@ -1,0 +1,408 @@
+"""`geodetect infer`: windows -> batches -> decode -> merge -> detections file.
+
+Structured for scale-out: `plan_tasks` cuts every scene into tasks (a block of tile rows),
+`run_task` turns one task into a map-frame detections frame, `merge_detections` fuses tasks,
+`write_detections` writes atomically. Nothing holds a whole scene: a task reads its tiles one
+batch at a time (the next batch is read in a background thread while the network runs).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import torch
+from rasterio.windows import Window
+
+from geodetect import geometry
+from geodetect import tta as tta_passes
+from geodetect.atomic import check_out_dir
+from geodetect.config import Config, InferConfig
+from geodetect.device import autocast, empty_cache, is_oom, pin_memory, resolve_device
+from geodetect.errors import GeodetectError, InputError, ModelError
+from geodetect.merge import empty_detections, merge_detections
+from geodetect.raster import Grid
+
+VECTOR_SUFFIXES = {".gpkg", ".geojson", ".json", ".shp", ".fgb"}
+TASK_ROWS_PX = 4096  # height of a task's block of tile rows (bounds per-task nDSM memory)
+SEAM_SLACK_PX = 2.0  # cores of adjacent tiles overlap by this much; NMS removes the duplicates
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved inference parameters (config from the model file, then explicit overrides)."""
+
+    tile: int
+    overlap: int
+    batch_size: int
+    threshold: float
+    nms_iou: float
+    tta: bool
+    max_det: int = 500
+
+
+@dataclass(frozen=True)
+class Task:
+    """A block of tile rows of one scene; picklable, so a scheduler can ship it to a worker."""
+
+    image: str
+    pointcloud: str | None
+    grid: Grid  # working grid at the model GSD
+    windows: tuple[tuple[int, int], ...]  # (col_off, row_off) of tiles of side settings.tile
+    stats: dict | None  # scene colour statistics (None: the model's)
+    index: int = 0
+    n_tasks: int = 1
+
+
+@dataclass
+class Detector:
+    """A loaded model and what it needs to run."""
+
+    net: torch.nn.Module
+    meta: dict
+    device: torch.device
+    batch_size: int  # current batch size; halves on out-of-memory
+    has_front: list[bool] = field(default_factory=list)
+
+
+def load_detector(model: str | Path, device: str | torch.device | None = "auto") -> Detector:
+    """Load a model file on a device (DeviceError / ModelError for bad input)."""
+    from geodetect.model import load_model
+
+    dev = resolve_device(device)
+    if not Path(model).is_file():
+        raise ModelError(f"{model}: model file not found")
+    net, meta = load_model(model, device=dev)
+    net.eval()
+    return Detector(net, meta, dev, batch_size=1, has_front=list(meta.get("has_front", [])))
+
+
+def resolve_settings(meta: dict, **overrides: Any) -> Settings:
+    """InferConfig saved in the model file, with the non-None overrides applied and checked."""
+    try:
+        base = Config.model_validate(meta.get("config") or {}).infer
+    except Exception:  # an older or foreign config section: fall back to the defaults
+        base = InferConfig()
+    values = base.model_dump()
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        cfg = InferConfig.model_validate(values)
+    except Exception as exc:
+        raise InputError(f"infer settings: {str(exc).splitlines()[-2].strip()}") from None
+    multiple = int(meta.get("arch", {}).get("multiple", 32))
+    tile = int(math.ceil(cfg.tile / multiple) * multiple)
+    if cfg.overlap >= tile // 2:
+        raise InputError(f"--overlap {cfg.overlap} must be less than half the tile ({tile} px)")
+    return Settings(tile, cfg.overlap, cfg.batch_size, cfg.threshold, cfg.nms_iou, cfg.tta)
+
+
+# ------------------------------------------------------------------------------ planning
+
+
+def _check_scene(image: str, meta: dict) -> Any:
+    """Open a scene and check it can feed the model; returns its RasterInfo."""
+    from geodetect.raster import open_raster
+
+    info = open_raster(image)
+    bands = list(meta.get("bands") or [1])
+    if info.count < max(bands):
+        raise ModelError(
+            f"{image}: has {info.count} band(s) but the model reads bands {bands}; "
+            "give a scene with the bands it was trained on"
+        )
+    return info
+
+
+def _check_cloud(cloud: str, grid: Grid, image: str) -> None:
+    """The cloud must overlap the scene, or the elevation channel would be empty."""
+    from geodetect.pointcloud import open_cloud
+
+    info = open_cloud(cloud)
+    left, bottom, right, top = grid.bounds
+    minx, miny, maxx, maxy = info.bounds
+    if grid.crs is not None and info.crs is not None and info.crs != grid.crs:
+        from pyproj import Transformer
+
+        tr = Transformer.from_crs(info.crs, grid.crs, always_xy=True)
+        minx, miny, maxx, maxy = tr.transform_bounds(minx, miny, maxx, maxy)
+    if maxx <= left or minx >= right or maxy <= bottom or miny >= top:
+        raise InputError(f"{cloud}: does not overlap {image}; give the point cloud of that scene")
+
+
+def _scene_stats(image: str, meta: dict) -> dict | None:
+    """Colour statistics of the scene when the model normalises per scene, else None."""
+    from geodetect.transforms import scene_stats
+
+    norm = meta.get("normalisation") or {}
+    mode = norm.get("stats") or (meta.get("config") or {}).get("data", {}).get("stats", "scene")
+    if mode != "scene":
+        return None
+    max_px = int((meta.get("config") or {}).get("data", {}).get("stats_pixels", 200_000))
+    return scene_stats(image, list(meta.get("bands") or [1]), meta, max_px)
+
+
+def _has_valid_pixels(image: str, bands: list[int]) -> bool:
+    from geodetect.raster import sample_pixels
+
+    return sample_pixels(image, bands, max_pixels=4096).shape[-1] > 0
+
+
+def plan_tasks(
+    images: list[str | Path],
+    pointclouds: list[str | Path] | None,
+    meta: dict,
+    settings: Settings,
+    rows_px: int = TASK_ROWS_PX,
+) -> list[Task]:
+    """Check every scene first (nothing is written on bad input), then cut each into tasks."""
+    from geodetect.raster import tile_windows, working_grid
+
+    if pointclouds and len(pointclouds) != len(images):
+        raise InputError(
+            f"--pointcloud: {len(pointclouds)} given for {len(images)} image(s); give one per IMAGE"
+        )
+    if meta.get("elevation") and not pointclouds:
+        raise InputError("the model uses elevation: give --pointcloud LAS for every IMAGE")
+    clouds = [str(p) for p in pointclouds] if (pointclouds and meta.get("elevation")) else None
+    tasks: list[Task] = []
+    for i, image in enumerate(map(str, images)):
+        info = _check_scene(image, meta)
+        grid = working_grid(info, gsd=float(meta["gsd"]))
+        if clouds:
+            _check_cloud(clouds[i], grid, image)
+        if not _has_valid_pixels(image, list(meta.get("bands") or [1])):
+            raise InputError(f"{image}: has no valid pixels (all nodata); nothing to detect")
+        stats = _scene_stats(image, meta)
+        tile = settings.tile
+        wins = tile_windows(grid.width, grid.height, tile, settings.overlap)
+        offsets = sorted(
+            {(int(w.col_off), int(w.row_off)) for w in wins}, key=lambda t: (t[1], t[0])
+        )
+        rows = sorted({r for _, r in offsets})
+        per_task = max(1, rows_px // max(1, tile - settings.overlap))
+        blocks = [rows[j : j + per_task] for j in range(0, len(rows), per_task)]
+        for j, block in enumerate(blocks):
+            sel = tuple(o for o in offsets if block[0] <= o[1] <= block[-1])
+            cloud = clouds[i] if clouds else None
+            tasks.append(Task(image, cloud, grid, sel, stats, j, len(blocks)))
+    return tasks
+
+
+# ------------------------------------------------------------------------------ running
+
+
+def _core(off: int, tile: int, size: int, overlap: int) -> tuple[float, float]:
+    """Span of centres a tile keeps along one axis: all but the overlap margin, except at
+    the scene edge, so an object on a seam comes from the tile that holds it whole."""
+    margin = max(0.0, overlap / 2 - SEAM_SLACK_PX)
+    lo = -math.inf if off <= 0 else off + margin
+    hi = math.inf if off + tile >= size else off + tile - margin
+    return lo, hi
+
+
+def _read_batches(task: Task, meta: dict, settings: Settings, size: int) -> Iterator[tuple]:
+    """Yield (inputs NCHW float32, offsets) per batch; all-nodata tiles are skipped."""
+    from geodetect.raster import SceneReader
+    from geodetect.transforms import prepare_input
+
+    bands = list(meta.get("bands") or [1])
+    ndsm_block, block_origin = _ndsm_block(task, settings.tile)
+    tile = settings.tile
+    with SceneReader(task.image, task.grid, bands=bands) as reader:
+        inputs: list[np.ndarray] = []
+        offs: list[tuple[int, int]] = []
+        for col, row in task.windows:
+            data, valid = reader.read(Window(col, row, tile, tile))
+            if not valid.any():
+                continue
+            ndsm = None
+            if ndsm_block is not None:
+                r0, c0 = row - block_origin[1], col - block_origin[0]
+                ndsm = np.ascontiguousarray(ndsm_block[r0 : r0 + tile, c0 : c0 + tile])
+            inputs.append(prepare_input(data, valid, ndsm, meta, task.stats))
+            offs.append((col, row))
+            if len(inputs) == size:
+                yield np.stack(inputs), offs
+                inputs, offs = [], []
+        if inputs:
+            yield np.stack(inputs), offs
+
+
+def _ndsm_block(task: Task, tile: int) -> tuple[np.ndarray | None, tuple[int, int]]:
+    """The nDSM under a task's tiles, rasterised once per task (bounded by TASK_ROWS_PX)."""
+    if task.pointcloud is None or not task.windows:
+        return None, (0, 0)
+    from geodetect.pointcloud import rasterize_cloud
+
+    c0 = min(c for c, _ in task.windows)
+    r0 = min(r for _, r in task.windows)
+    c1 = max(c for c, _ in task.windows) + tile
+    r1 = max(r for _, r in task.windows) + tile
+    sub = task.grid.window_grid(Window(c0, r0, c1 - c0, r1 - r0))
+    return rasterize_cloud(task.pointcloud, sub, kind="ndsm"), (c0, r0)
+
+
+def _forward(det: Detector, batch: torch.Tensor, settings: Settings) -> list[dict]:
+    """Decoded detections per image, tile pixel frame; TTA passes fused when asked."""
+    from geodetect.model import decode
+
+    passes = tta_passes.PASSES if settings.tta else ((0, False),)
+    thr = settings.threshold * 0.5 if settings.tta else settings.threshold
+    per_image: list[list[dict]] = [[] for _ in range(batch.shape[0])]
+    size = (batch.shape[2], batch.shape[3])
+    for p, (k, flip) in enumerate(passes):
+        with autocast(det.device):
+            out = det.net(tta_passes.augment(batch, k, flip))
+        out = {name: t.float() for name, t in out.items()}
+        for i, d in enumerate(decode(out, thr, det.has_front, settings.max_det)):
+            boxes, heads = tta_passes.unaugment(
+                np.asarray(d["boxes"], np.float64),
+                np.asarray(d["headings"], np.float64),
+                size,
+                k,
+                flip,
+            )
+            per_image[i].append({**d, "boxes": boxes, "headings": heads, "pass": p})
+    if not settings.tta:
+        return [dets[0] for dets in per_image]
+    return [
+        tta_passes.fuse(dets, len(passes), settings.nms_iou, settings.threshold)
+        for dets in per_image
+    ]
+
+
+def _run_batch(det: Detector, inputs: np.ndarray, settings: Settings) -> list[dict]:
+    """Forward a batch in chunks of det.batch_size, halving it on out-of-memory."""
+    results: list[dict] = []
+    start = 0
+    while start < len(inputs):
+        chunk = torch.from_numpy(inputs[start : start + det.batch_size])
+        if pin_memory(det.device):
+            chunk = chunk.pin_memory()
+        try:
+            with torch.inference_mode():
+                results.extend(_forward(det, chunk.to(det.device, non_blocking=True), settings))
+        except Exception as exc:
+            if not is_oom(exc):
+                raise
+            empty_cache(det.device)
+            if det.batch_size == 1:
+                raise GeodetectError(
+                    f"out of memory on {det.device} even with batch 1; use a smaller --tile"
+                ) from None
+            det.batch_size = max(1, det.batch_size // 2)
+            continue
+        start += len(chunk)
+    return results
+
+
+def run_task(
+    task: Task, det: Detector, settings: Settings, on_tile: Callable[[], None] | None = None
+) -> gpd.GeoDataFrame:
+    """Detections of one task as a map-frame frame (contract schema, the grid's CRS)."""
+    from geodetect.labels import detections_frame
+
+    g = task.grid
+    tile = settings.tile
+    boxes, scores, classes, heads = [], [], [], []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        batches = _read_batches(task, det.meta, settings, max(det.batch_size, settings.batch_size))
+        pending = pool.submit(next, batches, None)
+        while (item := pending.result()) is not None:
+            pending = pool.submit(next, batches, None)  # read the next batch while this one runs
+            inputs, offs = item
+            for d, (col, row) in zip(_run_batch(det, inputs, settings), offs, strict=True):
+                b = np.asarray(d["boxes"], np.float64).reshape(-1, 5).copy()
+                b[:, 0] += col
+                b[:, 1] += row
+                xlo, xhi = _core(col, tile, g.width, settings.overlap)
+                ylo, yhi = _core(row, tile, g.height, settings.overlap)
+                keep = (b[:, 0] >= xlo) & (b[:, 0] < xhi) & (b[:, 1] >= ylo) & (b[:, 1] < yhi)
+                keep &= (b[:, 0] >= 0) & (b[:, 0] < g.width) & (b[:, 1] >= 0) & (b[:, 1] < g.height)
+                boxes.append(b[keep])
+                scores.append(np.asarray(d["scores"], np.float64).reshape(-1)[keep])
+                classes.append(np.asarray(d["classes"], np.int64).reshape(-1)[keep])
+                heads.append(np.asarray(d["headings"], np.float64).reshape(-1)[keep])
+                if on_tile:
+                    on_tile()
+    name = Path(task.image).name
+    if not boxes or sum(len(b) for b in boxes) == 0:
+        return empty_detections(g.crs)
+    b, s, c, h = (np.concatenate(x) for x in (boxes, scores, classes, heads))
+    keep = np.sort(np.asarray(geometry.rotated_nms(b, s, settings.nms_iou, classes=c), np.int64))
+    names = [det.meta["classes"][i] for i in c[keep]]
+    return detections_frame(b[keep], s[keep], names, h[keep], g, name)
+
+
+# ------------------------------------------------------------------------------ entry point
+
+
+def write_detections(gdf: gpd.GeoDataFrame, out: str | Path) -> Path:
+    """Write the detections file atomically (driver by extension)."""
+    from geodetect.labels import write_vector
+
+    return Path(write_vector(gdf, out))
+
+
+def infer(
+    model: str | Path,
+    images: list[str | Path],
+    pointclouds: list[str | Path] | None = None,
+    out: str | Path = "detections.gpkg",
+    device: str | None = "auto",
+    tile: int | None = None,
+    overlap: int | None = None,
+    batch_size: int | None = None,
+    threshold: float | None = None,
+    tta: bool | None = None,
+    progress: bool = False,
+) -> Path:
+    """`geodetect infer`: detect objects over whole scenes into one detections file.
+
+    None arguments take the model's saved InferConfig. Several scenes go into one file (in
+    the first scene's CRS); every input is checked before any work, and the file appears only
+    when complete.
+    """
+    out = check_out_dir(out)
+    if out.suffix.lower() not in VECTOR_SUFFIXES:
+        raise InputError(f"{out}: unknown vector format; use one of {sorted(VECTOR_SUFFIXES)}")
+    det = load_detector(model, device)
+    settings = resolve_settings(
+        det.meta, tile=tile, overlap=overlap, batch_size=batch_size, threshold=threshold, tta=tta
+    )
+    det.batch_size = settings.batch_size
+    tasks = plan_tasks([str(i) for i in images], pointclouds, det.meta, settings)
+    frames = run_tasks(tasks, det, settings, progress)
+    crs = next((t.grid.crs for t in tasks), None)
+    return write_detections(merge_detections(frames, settings.nms_iou, crs=crs), out)
+
+
+def run_tasks(
+    tasks: list[Task], det: Detector, settings: Settings, progress: bool = False
+) -> list[gpd.GeoDataFrame]:
+    """Run tasks in order with one progress bar in scene megapixels (rate and ETA)."""
+    from tqdm import tqdm
+
+    scene_px = {t.image: t.grid.width * t.grid.height for t in tasks}
+    n_tiles = {img: sum(len(t.windows) for t in tasks if t.image == img) for img in scene_px}
+    total = float(sum(scene_px.values()))
+    frames = []
+    with tqdm(total=total, unit="px", unit_scale=True, disable=not progress, desc="infer") as bar:
+        for task in tasks:
+            step = scene_px[task.image] / max(1, n_tiles[task.image])
+            done = 0
+
+            def tick(step: float = step) -> None:
+                nonlocal done
+                done += 1
+                bar.update(step)
+
+            frames.append(run_task(task, det, settings, on_tile=tick))
+            bar.update(step * (len(task.windows) - done))  # skipped all-nodata tiles
+    return frames

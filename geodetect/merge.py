@@ -1,0 +1,95 @@
+"""Merging detections: across tiles and tasks by rotated-polygon IoU, in a stable order.
+
+Boxes in map frames (y north) are compared after mirroring y (y' = -y): a global mirror keeps
+every IoU and, with the y-down angle convention, every angle, so geometry's pixel-frame maths
+applies unchanged. Files without a CRS are already in rasterio's y-down pixel frame.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+
+from geodetect import geometry
+from geodetect.labels import DETECTION_FIELDS
+
+
+def polygon_boxes(gdf: gpd.GeoDataFrame) -> np.ndarray:
+    """Boxes (N, 5) in a y-down frame from 4-corner rectangle polygons (map y mirrored).
+
+    Raises ValueError naming the first feature that is not a 4-corner rectangle.
+    """
+    if len(gdf) == 0:
+        return np.empty((0, 5))
+    geoms = gdf.geometry.values
+    is_quad = (shapely.get_type_id(geoms) == 3) & (shapely.get_num_coordinates(geoms) == 5)
+    bad = np.nonzero(~is_quad)[0]
+    if len(bad):
+        raise ValueError(f"feature {int(bad[0])} is not a 4-corner rectangle polygon")
+    corners = shapely.get_coordinates(shapely.get_exterior_ring(geoms)).reshape(-1, 5, 2)[:, :4]
+    if gdf.crs is not None:
+        corners = corners * np.array([1.0, -1.0])
+    boxes, _ = geometry.boxes_from_corners(corners, y_down=True)
+    return boxes
+
+
+def empty_detections(crs: Any = None) -> gpd.GeoDataFrame:
+    """A detections frame with the contract's columns and no rows (typed for writing)."""
+    cols = {
+        "class": pd.Series([], dtype=object),
+        "score": pd.Series([], dtype=float),
+        "angle_deg": pd.Series([], dtype=float),
+        "heading_deg": pd.Series([], dtype=float),
+        "length_m": pd.Series([], dtype=float),
+        "width_m": pd.Series([], dtype=float),
+        "image": pd.Series([], dtype=object),
+    }
+    return gpd.GeoDataFrame(cols, geometry=gpd.GeoSeries([], crs=crs), crs=crs)
+
+
+def sort_detections(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """Deterministic order: image, class, descending score, then north to south, west to east."""
+    if len(gdf) == 0:
+        return gdf.reset_index(drop=True)
+    c = gdf.geometry.centroid
+    y = c.y.to_numpy()
+    ys = -y if gdf.crs is not None else y  # north first in either frame
+    order = np.lexsort(
+        (
+            np.round(c.x.to_numpy(), 6),
+            np.round(ys, 6),
+            -gdf["score"].to_numpy(float),
+            gdf["class"].astype(str).to_numpy(),
+            gdf["image"].astype(str).to_numpy(),
+        )
+    )
+    return gdf.iloc[order].reset_index(drop=True)
+
+
+def merge_detections(
+    frames: list[gpd.GeoDataFrame], nms_iou: float, crs: Any = None
+) -> gpd.GeoDataFrame:
+    """One detections frame from per-task frames: reprojected to `crs` (default: the first
+    frame's), duplicates from overlapping tasks removed per image and class by rotated NMS."""
+    frames = [f for f in frames if f is not None]
+    if crs is None and frames:
+        crs = frames[0].crs
+    parts = [
+        f.to_crs(crs) if (f.crs is not None and crs is not None and f.crs != crs) else f
+        for f in frames
+    ]
+    parts = [f for f in parts if len(f)]
+    if not parts:
+        return empty_detections(crs)
+    gdf = gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), crs=crs)
+    gdf = gdf[[*DETECTION_FIELDS, "geometry"]]
+    keys = gdf["image"].astype(str) + "\x00" + gdf["class"].astype(str)
+    _, codes = np.unique(keys.to_numpy(), return_inverse=True)
+    keep = geometry.rotated_nms(
+        polygon_boxes(gdf), gdf["score"].to_numpy(float), nms_iou, classes=codes
+    )
+    return sort_detections(gdf.iloc[np.sort(np.asarray(keep, np.int64))])
