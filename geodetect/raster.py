@@ -1,17 +1,38 @@
 """The only rasterio user: open scenes, working grids, windows, resampled reads, writing.
 
 Never loads a whole scene: every read is a window of a (possibly warped/resampled) grid.
+Every rasterio/GDAL failure is turned into a RasterError `<file>: <what is wrong>` here, at
+the boundary, so callers only ever see GeodetectErrors.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import rasterio
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.enums import MaskFlags, Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
+
+from geodetect.atomic import atomic_path
+from geodetect.errors import InputError, RasterError
+
+# A CRS-less scene is warped in a stand-in projected CRS (source and target are the same, so
+# GDAL only applies the affine maps); y is flipped so the stand-in frame is north-up.
+_PIXEL_CRS = CRS.from_epsg(3857)
+_FLIP = Affine(1, 0, 0, 0, -1, 0)
+# Declared sizes beyond this are a corrupt header, not a scene (4 Gpx per band, 1024 bands).
+_MAX_SIDE = 4_000_000
+_MAX_BANDS = 1024
 
 
 @dataclass(frozen=True)
@@ -42,7 +63,12 @@ class Grid:
     def window_grid(self, window: Window) -> Grid:
         """The sub-grid covered by a window (may extend past the edges)."""
         col, row = window.col_off, window.row_off
-        return Grid(self.crs, self.transform * Affine.translation(col, row), int(window.width), int(window.height))
+        return Grid(
+            self.crs,
+            self.transform * Affine.translation(col, row),
+            int(window.width),
+            int(window.height),
+        )
 
 
 @dataclass(frozen=True)
@@ -59,19 +85,180 @@ class RasterInfo:
     georeferenced: bool
     is_geographic: bool
     overviews: tuple[int, ...]
+    data_bands: tuple[int, ...] = ()  # 1-based bands that are not alpha
+
+
+# ------------------------------------------------------------------------------ errors
+
+
+@contextlib.contextmanager
+def _raster_errors(path: str | Path) -> Iterator[None]:
+    """Turn any GDAL/rasterio failure into RasterError `<file>: <what is wrong>`."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            yield
+    except RasterError:
+        raise
+    except (RasterioError, OSError, ValueError, MemoryError, RuntimeError) as exc:
+        raise RasterError(f"{path}: {_reason(exc, path)}") from None
+
+
+def _reason(exc: BaseException, path: str | Path) -> str:
+    """GDAL's message without the repeated file name, on one line."""
+    msg = " ".join(str(exc).split()) or type(exc).__name__
+    for p in {str(path), repr(str(path)), os.path.abspath(path)}:
+        msg = msg.replace(f"'{p}'", "file").replace(p, "file")
+    if "not recognized as being in a supported file format" in msg:
+        return "not a raster GDAL can read (unrecognised format or corrupt header)"
+    if isinstance(exc, MemoryError):
+        return "declared size is too large to read (corrupt header?)"
+    return f"cannot read raster ({msg})"
+
+
+def _check_file(path: str | Path) -> None:
+    p = Path(path)
+    if not p.exists():
+        raise RasterError(f"{path}: no such file")
+    if p.is_dir():
+        raise RasterError(f"{path}: is a folder, not a raster file")
+    if p.stat().st_size == 0:
+        raise RasterError(f"{path}: empty file (0 bytes)")
+
+
+def _probe(ds: rasterio.io.DatasetReader) -> None:
+    """Decode the first and last block so a truncated or dangling file fails at open time."""
+    h, w = ds.height, ds.width
+    bh, bw = ds.block_shapes[0] if ds.block_shapes else (1, 1)
+    for row, col in ((0, 0), (h - 1, w - 1)):
+        r0, c0 = (row // bh) * bh, (col // bw) * bw
+        win = Window(c0, r0, min(bw, w - c0, 1024), min(bh, h - r0, 1024))
+        ds.read(1, window=win)
+        ds.read_masks(1, window=win)
+
+
+# ------------------------------------------------------------------------------ opening
 
 
 def open_raster(path: str | Path) -> RasterInfo:
     """Inspect a raster; raises RasterError (`<file>: <what is wrong>`) for anything unreadable."""
-    raise NotImplementedError
+    _check_file(path)
+    with _raster_errors(path), rasterio.open(path) as ds:
+        if ds.count < 1 or ds.width < 1 or ds.height < 1:
+            raise RasterError(f"{path}: has no pixels (a vector or empty dataset?)")
+        if max(ds.width, ds.height) > _MAX_SIDE or ds.count > _MAX_BANDS:
+            raise RasterError(
+                f"{path}: declares an absurd size ({ds.count}×{ds.height}×{ds.width}); "
+                "the header is corrupt"
+            )
+        _probe(ds)
+        crs = ds.crs if ds.crs else None
+        transform = ds.transform if crs is not None else Affine.identity()
+        grid = Grid(crs, transform, ds.width, ds.height)
+        alpha = [i + 1 for i, ci in enumerate(ds.colorinterp) if ci.name == "alpha"]
+        flags = ds.mask_flag_enums
+        has_mask = any(MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in flags)
+        return RasterInfo(
+            path=str(path),
+            grid=grid,
+            count=ds.count,
+            dtype=ds.dtypes[0],
+            nodata=None if ds.nodata is None else float(ds.nodata),
+            has_mask=has_mask,
+            gsd=_gsd_metres(grid),
+            georeferenced=crs is not None,
+            is_geographic=bool(crs is not None and crs.is_geographic),
+            overviews=tuple(ds.overviews(1)),
+            data_bands=tuple(b for b in range(1, ds.count + 1) if b not in alpha),
+        )
+
+
+def _metres_per_unit(crs: CRS) -> float:
+    """Linear unit of a projected CRS in metres (1 for metres, 0.3048 for feet, …)."""
+    from pyproj import CRS as PCRS
+
+    axes = PCRS.from_user_input(crs.to_wkt()).axis_info
+    return float(axes[0].unit_conversion_factor) if axes else 1.0
+
+
+def _gsd_metres(grid: Grid) -> float:
+    """Mean pixel size in metres; at the scene centre for geographic CRSs; pixels when no CRS."""
+    rx, ry = grid.res
+    if grid.crs is None:
+        return float((rx + ry) / 2)
+    if not grid.crs.is_geographic:
+        return float((rx + ry) / 2 * _metres_per_unit(grid.crs))
+    from pyproj import Geod
+
+    geod = Geod(ellps="WGS84")
+    c, r = grid.width / 2, grid.height / 2
+    x0, y0 = grid.transform * (c, r)
+    x1, y1 = grid.transform * (c + 1, r)
+    x2, y2 = grid.transform * (c, r + 1)
+    dx = geod.inv(x0, y0, x1, y1)[2]
+    dy = geod.inv(x0, y0, x2, y2)[2]
+    return float((dx + dy) / 2)
+
+
+# ------------------------------------------------------------------------------ grids
+
+
+def utm_crs(lon: float, lat: float) -> CRS:
+    """The WGS84 UTM zone holding (lon, lat)."""
+    zone = int(math.floor((lon + 180.0) / 6.0)) % 60 + 1
+    return CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
 
 
 def working_grid(info: RasterInfo, gsd: float | None = None) -> Grid:
     """The north-up, projected grid we process a scene on, at `gsd` (default: native).
 
-    Geographic scenes get the local UTM zone; any resampling ratio is allowed.
+    `gsd` is in metres (pixels for a CRS-less scene). Geographic scenes get the local UTM
+    zone; any resampling ratio is allowed. A native north-up grid at its own GSD is returned
+    unchanged, so SceneReader reads it without warping.
     """
-    raise NotImplementedError
+    if gsd is not None and not (math.isfinite(gsd) and gsd > 0):
+        raise InputError(f"gsd must be a positive number of metres, got {gsd}")
+    native = info.grid
+    if native.crs is not None and native.crs.is_geographic:
+        return _geographic_working_grid(native, gsd or info.gsd)
+    t = native.transform
+    north_up = t.b == 0 and t.d == 0 and t.a > 0 and t.e < 0
+    if native.crs is None:
+        north_up = True  # pixel frame: identity transform, y down by definition
+    if gsd is None or (north_up and _close(gsd, info.gsd) and _close(*native.res)):
+        if north_up:
+            return native
+        gsd = info.gsd
+    unit = gsd / (_metres_per_unit(native.crs) if native.crs is not None else 1.0)
+    if native.crs is None:
+        return _scaled(native, unit, Affine(unit, 0, 0, 0, unit, 0))
+    left, bottom, right, top = native.bounds
+    return _scaled(native, unit, Affine(unit, 0, left, 0, -unit, top))
+
+
+def _close(a: float, b: float, rel: float = 1e-9) -> bool:
+    return math.isclose(a, b, rel_tol=rel)
+
+
+def _scaled(native: Grid, unit: float, transform: Affine) -> Grid:
+    left, bottom, right, top = native.bounds
+    width = max(1, math.ceil((right - left) / unit - 1e-6))
+    height = max(1, math.ceil((top - bottom) / unit - 1e-6))
+    return Grid(native.crs, transform, width, height)
+
+
+def _geographic_working_grid(native: Grid, gsd: float) -> Grid:
+    from rasterio.warp import calculate_default_transform
+
+    left, bottom, right, top = native.bounds
+    dst = utm_crs((left + right) / 2, (bottom + top) / 2)
+    transform, width, height = calculate_default_transform(
+        native.crs, dst, native.width, native.height, left, bottom, right, top, resolution=gsd
+    )
+    return Grid(dst, transform, int(width), int(height))
+
+
+# ------------------------------------------------------------------------------ reading
 
 
 class SceneReader:
@@ -79,16 +266,110 @@ class SceneReader:
 
     `read(window)` returns (data float32 (C, H, W), valid bool (H, W)); windows may extend past
     the grid edges (boundless; outside is invalid). Files are (re)opened lazily per process.
+    When `grid` is the native grid (or an integer-offset sub-grid of it) reads are plain
+    windowed reads; otherwise they go through a WarpedVRT with `resampling`.
     """
 
-    def __init__(self, path: str | Path, grid: Grid, bands: list[int] | None = None, resampling: str = "bilinear"):
-        raise NotImplementedError
+    def __init__(
+        self,
+        path: str | Path,
+        grid: Grid,
+        bands: list[int] | None = None,
+        resampling: str = "bilinear",
+    ):
+        try:
+            self._resampling = Resampling[resampling]
+        except KeyError:
+            names = ", ".join(r.name for r in Resampling)
+            raise InputError(f"unknown resampling {resampling!r}; use one of {names}") from None
+        self.path = str(path)
+        self.grid = grid
+        self.bands = list(bands) if bands else None
+        self._ds: rasterio.io.DatasetReader | None = None
+        self._vrt: rasterio.vrt.WarpedVRT | None = None
+        self._offset: tuple[int, int] | None = None  # direct mode: grid origin in file pixels
+        self._pid: int | None = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.update(_ds=None, _vrt=None, _offset=None, _pid=None)
+        return state
+
+    def _open(self) -> None:
+        if self._ds is not None and self._pid == os.getpid():
+            return
+        # after fork the inherited handles belong to the parent: drop, never close them
+        self._ds = self._vrt = None
+        _check_file(self.path)
+        with _raster_errors(self.path):
+            ds = rasterio.open(self.path)
+            native = _native_grid(ds)
+            if self.bands is None:
+                self.bands = list(range(1, ds.count + 1))
+            bad = [b for b in self.bands if not 1 <= b <= ds.count]
+            if bad:
+                ds.close()
+                raise RasterError(f"{self.path}: has {ds.count} band(s), no band {bad[0]}")
+            self._offset = _integer_offset(native, self.grid)
+            if self._offset is None:
+                self._vrt = self._warped(ds, native)
+            self._ds = ds
+            self._pid = os.getpid()
+
+    def _warped(self, ds: rasterio.io.DatasetReader, native: Grid) -> rasterio.vrt.WarpedVRT:
+        from rasterio.vrt import WarpedVRT
+
+        if (native.crs is None) != (self.grid.crs is None):
+            raise RasterError(f"{self.path}: cannot read a CRS-less scene on a georeferenced grid")
+        kwargs: dict = {}
+        if native.crs is None:
+            kwargs.update(src_crs=_PIXEL_CRS, src_transform=_FLIP * native.transform)
+            crs, transform = _PIXEL_CRS, _FLIP * self.grid.transform
+        else:
+            crs, transform = self.grid.crs, self.grid.transform
+        if ds.nodata is None:
+            kwargs["add_alpha"] = True  # marks the outside-of-scene area as invalid
+        return WarpedVRT(
+            ds,
+            crs=crs,
+            transform=transform,
+            width=self.grid.width,
+            height=self.grid.height,
+            resampling=self._resampling,
+            **kwargs,
+        )
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError
+        """(float32 (C, h, w), valid bool (h, w)) for an integer window of the grid."""
+        self._open()
+        col, row = int(round(window.col_off)), int(round(window.row_off))
+        w, h = int(round(window.width)), int(round(window.height))
+        data = np.zeros((len(self.bands), h, w), np.float32)
+        valid = np.zeros((h, w), bool)
+        c0, r0 = max(col, 0), max(row, 0)
+        c1, r1 = min(col + w, self.grid.width), min(row + h, self.grid.height)
+        if c1 <= c0 or r1 <= r0:
+            return data, valid
+        src = self._vrt if self._vrt is not None else self._ds
+        dc, dr = self._offset or (0, 0)
+        inner = Window(c0 + dc, r0 + dr, c1 - c0, r1 - r0)
+        with _raster_errors(self.path):
+            part = src.read(self.bands, window=inner, out_dtype="float32", boundless=False)
+            masks = src.read_masks(self.bands, window=inner)
+        ok = np.all(masks > 0, axis=0) & np.all(np.isfinite(part), axis=0)
+        part[:, ~ok] = 0.0
+        ys, xs = slice(r0 - row, r1 - row), slice(c0 - col, c1 - col)
+        data[:, ys, xs] = part
+        valid[ys, xs] = ok
+        return data, valid
 
     def close(self) -> None:
-        raise NotImplementedError
+        if self._pid == os.getpid():
+            for h in (self._vrt, self._ds):
+                if h is not None:
+                    h.close()
+        self._ds = self._vrt = None
+        self._pid = None
 
     def __enter__(self) -> SceneReader:
         return self
@@ -96,19 +377,170 @@ class SceneReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+def _native_grid(ds: rasterio.io.DatasetReader) -> Grid:
+    crs = ds.crs if ds.crs else None
+    return Grid(crs, ds.transform if crs is not None else Affine.identity(), ds.width, ds.height)
+
+
+def _integer_offset(native: Grid, grid: Grid) -> tuple[int, int] | None:
+    """(col, row) of `grid`'s origin in the file when `grid` is the native grid shifted by whole
+    pixels (same CRS, same pixel size and rotation); None when a warp is needed."""
+    if (native.crs is None) != (grid.crs is None):
+        return None
+    if native.crs is not None and native.crs != grid.crs:
+        return None
+    rel = ~native.transform * grid.transform
+    a, b, c, d, e, f = tuple(rel)[:6]
+    if not (abs(a - 1) < 1e-9 and abs(e - 1) < 1e-9 and abs(b) < 1e-9 and abs(d) < 1e-9):
+        return None
+    if abs(c - round(c)) > 1e-6 or abs(f - round(f)) > 1e-6:
+        return None
+    return int(round(c)), int(round(f))
+
 
 def tile_windows(width: int, height: int, tile: int, overlap: int) -> list[Window]:
-    """Windows of side `tile` stepping by `tile - overlap`, covering the grid exactly (last ones flush)."""
-    raise NotImplementedError
+    """Windows of side `tile` stepping by `tile - overlap`, covering the grid exactly.
+
+    The last row/column of windows is flush with the far edge, so the union is exactly the
+    grid and no window leaves it. A side shorter than `tile` gets one window clipped to it.
+    """
+    if tile < 1 or overlap < 0 or overlap >= tile:
+        raise InputError(f"tile {tile} / overlap {overlap}: need tile >= 1 and 0 <= overlap < tile")
+    if width < 1 or height < 1:
+        return []
+    cols, rows = _starts(width, tile, tile - overlap), _starts(height, tile, tile - overlap)
+    tw, th = min(tile, width), min(tile, height)
+    return [Window(c, r, tw, th) for r in rows for c in cols]
 
 
-def sample_pixels(path: str | Path, bands: list[int] | None = None, max_pixels: int = 200_000) -> np.ndarray:
-    """Valid pixel values (C, N) from overviews or a sample of windows, for band statistics."""
-    raise NotImplementedError
+def _starts(size: int, tile: int, step: int) -> list[int]:
+    if size <= tile:
+        return [0]
+    starts = list(range(0, size - tile, step))
+    return [*starts, size - tile]
+
+
+def sample_pixels(
+    path: str | Path, bands: list[int] | None = None, max_pixels: int = 200_000, seed: int = 0
+) -> np.ndarray:
+    """Valid pixel values (C, N) float32 for band statistics, N <= max_pixels.
+
+    From the coarsest overview that still holds max_pixels pixels when the file has overviews,
+    else from seeded random windows; a small scene is read whole. Deterministic per seed.
+    """
+    _check_file(path)
+    rng = np.random.default_rng(seed)
+    with _raster_errors(path), rasterio.open(path) as ds:
+        bands = list(bands) if bands else list(range(1, ds.count + 1))
+        if ds.width * ds.height <= max_pixels:
+            values = _valid_values(ds, bands, None, None)
+        elif ds.overviews(bands[0]):
+            values = _valid_values(ds, bands, None, _overview_shape(ds, bands[0], max_pixels))
+        else:
+            values = np.concatenate(
+                [_valid_values(ds, bands, w, None) for w in _sample_windows(ds, max_pixels, rng)],
+                axis=1,
+            )
+    if values.shape[1] > max_pixels:
+        values = values[:, np.sort(rng.choice(values.shape[1], max_pixels, replace=False))]
+    return values
+
+
+def _overview_shape(ds: rasterio.io.DatasetReader, band: int, max_pixels: int) -> tuple[int, int]:
+    shapes = [(math.ceil(ds.height / f), math.ceil(ds.width / f)) for f in ds.overviews(band)]
+    adequate = [s for s in shapes if s[0] * s[1] >= max_pixels]
+    return min(adequate, key=lambda s: s[0] * s[1]) if adequate else max(shapes)
+
+
+def _sample_windows(
+    ds: rasterio.io.DatasetReader, max_pixels: int, rng: np.random.Generator
+) -> list[Window]:
+    side = 128
+    w, h = min(side, ds.width), min(side, ds.height)
+    n = max(1, math.ceil(2 * max_pixels / (w * h)))  # 2x: some windows are mostly nodata
+    cols = rng.integers(0, ds.width - w + 1, n)
+    rows = rng.integers(0, ds.height - h + 1, n)
+    return [Window(int(c), int(r), w, h) for c, r in zip(cols, rows, strict=True)]
+
+
+def _valid_values(
+    ds: rasterio.io.DatasetReader,
+    bands: list[int],
+    window: Window | None,
+    shape: tuple[int, int] | None,
+) -> np.ndarray:
+    kw: dict = {"window": window}
+    if shape is not None:
+        kw.update(out_shape=(len(bands), *shape), resampling=Resampling.nearest)
+    data = ds.read(bands, out_dtype="float32", **kw)
+    masks = ds.read_masks(bands, **kw)
+    ok = np.all(masks > 0, axis=0) & np.all(np.isfinite(data), axis=0)
+    return data[:, ok]
+
+
+# ------------------------------------------------------------------------------ writing
+
+
+def _profile(grid: Grid, count: int, dtype: np.dtype, nodata: float | None, compress: str) -> dict:
+    profile = {
+        "driver": "GTiff",
+        "width": grid.width,
+        "height": grid.height,
+        "count": count,
+        "dtype": dtype.name,
+        "crs": grid.crs,
+        "transform": grid.transform,
+        "nodata": nodata,
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "compress": compress,
+        "BIGTIFF": "IF_SAFER",
+    }
+    if compress.lower() in ("deflate", "lzw", "zstd"):
+        profile["predictor"] = 3 if dtype.kind == "f" else 2
+    return profile
 
 
 def write_raster(
-    path: str | Path, array: np.ndarray, grid: Grid, nodata: float | None = None, compress: str = "deflate"
+    path: str | Path,
+    array: np.ndarray,
+    grid: Grid,
+    nodata: float | None = None,
+    compress: str = "deflate",
 ) -> Path:
-    """Write (C, H, W) or (H, W) as a tiled GeoTIFF, atomically."""
-    raise NotImplementedError
+    """Write (C, H, W) or (H, W) as a tiled GeoTIFF, atomically. Bool arrays become uint8."""
+    arr = np.asarray(array)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3 or arr.shape[1:] != (grid.height, grid.width):
+        raise InputError(
+            f"{path}: array shape {np.shape(array)} does not match grid {grid.height}×{grid.width}"
+        )
+    with raster_writer(path, grid, arr.shape[0], arr.dtype, nodata, compress) as dst:
+        dst.write(arr)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def raster_writer(
+    path: str | Path,
+    grid: Grid,
+    count: int,
+    dtype: np.dtype | str,
+    nodata: float | None = None,
+    compress: str = "deflate",
+) -> Iterator[rasterio.io.DatasetWriter]:
+    """An open tiled GeoTIFF for windowed writes (`dst.write(arr, window=w)`); renamed into
+    place only when the block exits cleanly, so a killed writer leaves no file."""
+    profile = _profile(grid, count, np.dtype(dtype), nodata, compress)
+    with atomic_path(path) as tmp:
+        with _raster_errors(path), rasterio.open(tmp, "w", **profile) as dst:
+            yield dst
