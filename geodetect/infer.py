@@ -147,12 +147,6 @@ def _scene_stats(image: str, meta: dict) -> dict | None:
     return scene_stats(image, list(meta.get("bands") or [1]), meta, max_px)
 
 
-def _has_valid_pixels(image: str, bands: list[int]) -> bool:
-    from geodetect.raster import sample_pixels
-
-    return sample_pixels(image, bands, max_pixels=4096).shape[-1] > 0
-
-
 def plan_tasks(
     images: list[str | Path],
     pointclouds: list[str | Path] | None,
@@ -176,8 +170,6 @@ def plan_tasks(
         grid = working_grid(info, gsd=float(meta["gsd"]))
         if clouds:
             _check_cloud(clouds[i], grid, image)
-        if not _has_valid_pixels(image, list(meta.get("bands") or [1])):
-            raise InputError(f"{image}: has no valid pixels (all nodata); nothing to detect")
         stats = _scene_stats(image, meta)
         tile = settings.tile
         wins = tile_windows(grid.width, grid.height, tile, settings.overlap)
@@ -311,12 +303,14 @@ def run_task(
     g = task.grid
     tile = settings.tile
     boxes, scores, classes, heads = [], [], [], []
+    n_valid = 0
     with ThreadPoolExecutor(max_workers=1) as pool:
         batches = _read_batches(task, det.meta, settings, max(det.batch_size, settings.batch_size))
         pending = pool.submit(next, batches, None)
         while (item := pending.result()) is not None:
             pending = pool.submit(next, batches, None)  # read the next batch while this one runs
             inputs, offs = item
+            n_valid += len(offs)
             for d, (col, row) in zip(_run_batch(det, inputs, settings), offs, strict=True):
                 b = np.asarray(d["boxes"], np.float64).reshape(-1, 5).copy()
                 b[:, 0] += col
@@ -333,11 +327,16 @@ def run_task(
                     on_tile()
     name = Path(task.image).name
     if not boxes or sum(len(b) for b in boxes) == 0:
-        return empty_detections(g.crs)
-    b, s, c, h = (np.concatenate(x) for x in (boxes, scores, classes, heads))
-    keep = np.sort(np.asarray(geometry.rotated_nms(b, s, settings.nms_iou, classes=c), np.int64))
-    names = [det.meta["classes"][i] for i in c[keep]]
-    return detections_frame(b[keep], s[keep], names, h[keep], g, name)
+        frame = empty_detections(g.crs)
+    else:
+        b, s, c, h = (np.concatenate(x) for x in (boxes, scores, classes, heads))
+        keep = np.sort(
+            np.asarray(geometry.rotated_nms(b, s, settings.nms_iou, classes=c), np.int64)
+        )
+        names = [det.meta["classes"][i] for i in c[keep]]
+        frame = detections_frame(b[keep], s[keep], names, h[keep], g, name)
+    frame.attrs["valid_tiles"] = n_valid  # a scene with none at all is an input error
+    return frame
 
 
 # ------------------------------------------------------------------------------ entry point
@@ -379,8 +378,19 @@ def infer(
     det.batch_size = settings.batch_size
     tasks = plan_tasks([str(i) for i in images], pointclouds, det.meta, settings)
     frames = run_tasks(tasks, det, settings, progress)
+    _check_some_valid(tasks, frames)
     crs = next((t.grid.crs for t in tasks), None)
     return write_detections(merge_detections(frames, settings.nms_iou, crs=crs), out)
+
+
+def _check_some_valid(tasks: list[Task], frames: list[gpd.GeoDataFrame]) -> None:
+    """A scene whose every tile was nodata is an input error, not an empty result."""
+    valid: dict[str, int] = {}
+    for task, frame in zip(tasks, frames, strict=True):
+        valid[task.image] = valid.get(task.image, 0) + int(frame.attrs.get("valid_tiles", 1))
+    for image, n in valid.items():
+        if n == 0:
+            raise InputError(f"{image}: has no valid pixels (all nodata); nothing to detect")
 
 
 def run_tasks(
