@@ -105,14 +105,24 @@ def _raster_errors(path: str | Path) -> Iterator[None]:
 
 
 def _reason(exc: BaseException, path: str | Path) -> str:
-    """GDAL's message without the repeated file name, on one line."""
-    msg = " ".join(str(exc).split()) or type(exc).__name__
-    for p in {str(path), repr(str(path)), os.path.abspath(path)}:
+    """GDAL's most specific message (rasterio chains them), one line, without the file name."""
+    msgs = []
+    cur: BaseException | None = exc
+    while cur is not None and len(msgs) < 10:
+        msgs.append(" ".join(str(cur).split()))
+        cur = cur.__cause__ or cur.__context__
+    specific = [m for m in msgs if m and "See previous exception" not in m]
+    msg = specific[-1] if specific else (msgs[0] or type(exc).__name__)
+    for p in {str(path), os.path.abspath(path), Path(path).name}:
         msg = msg.replace(f"'{p}'", "file").replace(p, "file")
     if "not recognized as being in a supported file format" in msg:
         return "not a raster GDAL can read (unrecognised format or corrupt header)"
     if isinstance(exc, MemoryError):
         return "declared size is too large to read (corrupt header?)"
+    if "No such file or directory" in msg:
+        return f"refers to a file that cannot be opened ({msg})"
+    if any("Read failed" in m for m in msgs):
+        return f"cannot read pixel data; truncated or corrupt file? ({msg})"
     return f"cannot read raster ({msg})"
 
 
