@@ -249,7 +249,7 @@ def _accumulate(
         x, y = np.asarray(chunk.x, np.float64), np.asarray(chunk.y, np.float64)
         if tr is not None:
             x, y = tr.transform(x, y)
-        cols, rows = inv * (x, y)
+        cols, rows = inv @ (x, y)
         cols, rows = np.floor(cols), np.floor(rows)
         cls = np.asarray(chunk.classification)
         inside = (cols >= 0) & (cols < grid.width) & (rows >= 0) & (rows < grid.height)

@@ -55,7 +55,7 @@ class Grid:
         """(left, bottom, right, top) of the grid's footprint in CRS units."""
         xs, ys = [], []
         for col, row in ((0, 0), (self.width, 0), (0, self.height), (self.width, self.height)):
-            x, y = self.transform * (col, row)
+            x, y = self.transform @ (col, row)
             xs.append(x)
             ys.append(y)
         return (min(xs), min(ys), max(xs), max(ys))
@@ -65,7 +65,7 @@ class Grid:
         col, row = window.col_off, window.row_off
         return Grid(
             self.crs,
-            self.transform * Affine.translation(col, row),
+            self.transform @ Affine.translation(col, row),
             int(window.width),
             int(window.height),
         )
@@ -202,9 +202,9 @@ def _gsd_metres(grid: Grid) -> float:
 
     geod = Geod(ellps="WGS84")
     c, r = grid.width / 2, grid.height / 2
-    x0, y0 = grid.transform * (c, r)
-    x1, y1 = grid.transform * (c + 1, r)
-    x2, y2 = grid.transform * (c, r + 1)
+    x0, y0 = grid.transform @ (c, r)
+    x1, y1 = grid.transform @ (c + 1, r)
+    x2, y2 = grid.transform @ (c, r + 1)
     dx = geod.inv(x0, y0, x1, y1)[2]
     dy = geod.inv(x0, y0, x2, y2)[2]
     return float((dx + dy) / 2)
@@ -333,8 +333,8 @@ class SceneReader:
             raise RasterError(f"{self.path}: cannot read a CRS-less scene on a georeferenced grid")
         kwargs: dict = {}
         if native.crs is None:
-            kwargs.update(src_crs=_PIXEL_CRS, src_transform=_FLIP * native.transform)
-            crs, transform = _PIXEL_CRS, _FLIP * self.grid.transform
+            kwargs.update(src_crs=_PIXEL_CRS, src_transform=_FLIP @ native.transform)
+            crs, transform = _PIXEL_CRS, _FLIP @ self.grid.transform
         else:
             crs, transform = self.grid.crs, self.grid.transform
         if ds.nodata is None:
@@ -404,7 +404,7 @@ def _integer_offset(native: Grid, grid: Grid) -> tuple[int, int] | None:
         return None
     if native.crs is not None and native.crs != grid.crs:
         return None
-    rel = ~native.transform * grid.transform
+    rel = ~native.transform @ grid.transform
     a, b, c, d, e, f = tuple(rel)[:6]
     if not (abs(a - 1) < 1e-9 and abs(e - 1) < 1e-9 and abs(b) < 1e-9 and abs(d) < 1e-9):
         return None
