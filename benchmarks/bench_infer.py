@@ -39,6 +39,7 @@ def train_model(work: Path, device: str, epochs: int | None) -> Path:
             "train.epochs": epochs or FULL["epochs"],
             "train.chips_per_epoch": FULL["chips_per_epoch"],
             "train.batch_size": FULL["batch_size"],
+            "infer.overlap": 128,
         },
     )
     t0 = time.perf_counter()

@@ -43,6 +43,8 @@ def run_demo(out_dir: str | Path = "demo_out", progress: bool = False, quick: bo
             "train.epochs": p["epochs"],
             "train.chips_per_epoch": p["chips_per_epoch"],
             "train.batch_size": p["batch_size"],
+            # tiles must overlap by more than the largest object (buildings up to ~24 m)
+            "infer.overlap": 128,
         },
     )
     model = Path(

@@ -162,8 +162,8 @@ def trained_model(scene_pair, tmp_path_factory):
             "train.chips_per_epoch": 96,
             "train.batch_size": 16,
             "model.width": 16,
-            "infer.tile": 128,
-            "infer.overlap": 32,
+            "infer.tile": 256,
+            "infer.overlap": 112,
         },
     )
     out = tmp_path_factory.mktemp("infer_model")
@@ -182,9 +182,12 @@ def trained_model(scene_pair, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def baseline(trained_model, scene_pair, tmp_path_factory):
-    """Detections on the test scene with small tiles (many seams)."""
+    """Detections on the test scene with tiles smaller than the scene (seams through it).
+
+    Overlap 112 px (28 m) exceeds the largest generated building (about 24 m).
+    """
     out = tmp_path_factory.mktemp("infer_out") / "det.gpkg"
-    infer(trained_model, [scene_pair[1].image], out=out, device="cpu", tile=128, overlap=32)
+    infer(trained_model, [scene_pair[1].image], out=out, device="cpu", tile=256, overlap=112)
     return out
 
 
@@ -218,7 +221,7 @@ def test_polygons_line_up_with_truth(baseline, scene_pair):
 def test_seam_objects_found_once_and_whole(trained_model, baseline, scene_pair, tmp_path):
     """Small tiles (many seams) give the same objects as one big tile, each exactly once."""
     whole = tmp_path / "whole.gpkg"
-    infer(trained_model, [scene_pair[1].image], out=whole, device="cpu", tile=512, overlap=32)
+    infer(trained_model, [scene_pair[1].image], out=whole, device="cpu", tile=512, overlap=112)
     small, big = gpd.read_file(baseline), gpd.read_file(whole)
     # no object twice: no two same-class detections overlap
     for name, part in small.groupby("class"):
@@ -250,7 +253,7 @@ def test_rotated_scene_gives_rotated_detections(trained_model, baseline, scene_p
     rot = tmp_path / "rot.tif"
     width = _rotate_scene_90(scene_pair[1].image, rot)
     out = tmp_path / "rot.gpkg"
-    infer(trained_model, [rot], out=out, device="cpu", tile=128, overlap=32)
+    infer(trained_model, [rot], out=out, device="cpu", tile=256, overlap=112)
     with rasterio.open(scene_pair[1].image) as src:
         tf = src.transform
     inv = ~tf
@@ -344,7 +347,7 @@ def test_simulated_oom_halves_batch_and_matches_small_batch(
 
 def test_deterministic_output(trained_model, scene_pair, baseline, tmp_path):
     again = tmp_path / "again.gpkg"
-    infer(trained_model, [scene_pair[1].image], out=again, device="cpu", tile=128, overlap=32)
+    infer(trained_model, [scene_pair[1].image], out=again, device="cpu", tile=256, overlap=112)
     a, b = gpd.read_file(baseline), gpd.read_file(again)
     assert a.drop(columns="geometry").equals(b.drop(columns="geometry"))
     assert a.geometry.geom_equals_exact(b.geometry, tolerance=0).all()
