@@ -65,7 +65,7 @@ def make_sample_data(
     )
     x0, y_top = _origin(crs, layout_rng)
     layout = scene.make_layout(size * gsd, size * gsd, layout_rng)
-    rendered = draw.render(layout, size, size, gsd, draw_rng)
+    rendered = draw.render(layout, size, size, gsd, draw_rng, keep_index=cloud)
     img = rendered.image
     if colour_cast is not None:
         img = np.clip(img * np.asarray(colour_cast, np.float32), 0.0, 1.0)
@@ -172,36 +172,7 @@ def _write_image(path: Path, chw: np.ndarray, crs, x0: float, y_top: float, gsd:
         chw.shape[2],
         chw.shape[1],
     )
-    try:
-        write_raster(path, chw, grid)
-    except NotImplementedError:  # raster.py still a stub: write it ourselves
-        _write_tif_direct(path, chw, grid)
-
-
-def _write_tif_direct(path: Path, chw: np.ndarray, grid) -> None:
-    import rasterio
-
-    from geodetect.atomic import atomic_path
-
-    extra = {"photometric": "RGB"} if chw.dtype == np.uint8 else {}
-    with (
-        atomic_path(path) as tmp,
-        rasterio.open(
-            tmp,
-            "w",
-            driver="GTiff",
-            width=grid.width,
-            height=grid.height,
-            count=chw.shape[0],
-            dtype=chw.dtype,
-            crs=grid.crs,
-            transform=grid.transform,
-            tiled=True,
-            compress="deflate",
-            **extra,
-        ) as dst,
-    ):
-        dst.write(chw)
+    write_raster(path, chw, grid)
 
 
 def _write_vector(gdf, path: Path) -> None:

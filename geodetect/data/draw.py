@@ -59,44 +59,88 @@ class _Items:
 
 
 def render(
-    layout: Layout, width: int, height: int, gsd: float, rng: np.random.Generator, ss: int = 2
+    layout: Layout,
+    width: int,
+    height: int,
+    gsd: float,
+    rng: np.random.Generator,
+    ss: int = 2,
+    keep_index: bool = True,
 ) -> Rendered:
-    """Paint ground, paving, paint, shadows and objects; blur and add sensor noise."""
+    """Paint ground, paving, paint, shadows and objects; blur and add sensor noise.
+
+    Works in horizontal strips of about 4 Mpx (supersampled) so big scenes stay in memory.
+    """
     items = _Items()
     _ground_items(items, layout)
     for i, obj in enumerate(layout.objects):
         _object_items(items, obj, i, layout.sun_azimuth, rng)
-    hi = (height * ss, width * ss)
-    to_hi = Affine.scale(gsd / ss)  # hi-res pixel -> local metres
-    ids = rasterize(
-        [(g, n + 1) for n, g in enumerate(items.geoms)],
-        out_shape=hi,
-        transform=to_hi,
+    shadows = _shadow_shapes(layout)
+    item_tree, shadow_tree = shapely.STRtree(items.geoms), shapely.STRtree(shadows)
+    medium, coarse = _noise_fields(rng, height, width)
+    obj_of_item = np.asarray(items.obj, np.int32)
+    img = np.empty((height, width, 3), np.float32)
+    obj_index = np.full((height * ss, width * ss), -1, np.int32) if keep_index else None
+    step = max(16, 2**20 // width)
+    for r0 in range(0, height, step):
+        r1 = min(height, r0 + step)
+        ids = _burn_strip(items.geoms, item_tree, r0, r1, width, gsd, ss, 0)
+        if obj_index is not None:
+            obj_index[r0 * ss : r1 * ss] = obj_of_item[ids]
+        up = np.ones((ss, ss), np.float32)
+        strip = _colour_strip(
+            items,
+            ids,
+            layout,
+            rng,
+            np.kron(medium[r0:r1], up),
+            np.kron(coarse[r0:r1], up),
+            (r0 * ss, gsd / ss),
+        )
+        pad = 4  # rows of halo so the soft shadow edge has no seam between strips
+        mask = _burn_strip(shadows, shadow_tree, r0, r1, width, gsd, ss, pad)
+        shadow = ndimage.gaussian_filter((mask > 0).astype(np.float32), 1.0)[pad:-pad]
+        shadow[np.isin(np.asarray(items.kind, np.int8)[ids], TALL)] = 0.0
+        strip *= 1.0 - shadow[..., None] * (1.0 - SHADOW_TINT)
+        img[r0:r1] = strip.reshape(r1 - r0, ss, width, ss, 3).mean(axis=(1, 3))
+    img = ndimage.gaussian_filter(img, sigma=(0.55, 0.55, 0))
+    img += 0.012 * rng.standard_normal(img.shape, dtype=np.float32)
+    np.clip(img, 0.0, 1.0, out=img)
+    return Rendered(img, obj_index, ss)
+
+
+def _burn_strip(geoms, tree, r0: int, r1: int, width: int, gsd: float, ss: int, pad: int):
+    """Ids (1-based index into geoms, later ones on top) of a strip of rows r0..r1, plus a
+    halo of `pad` supersampled rows above and below."""
+    px = gsd / ss
+    top = r0 * ss - pad
+    shape = ((r1 - r0) * ss + 2 * pad, width * ss)
+    found = np.sort(tree.query(shapely.box(0, top * px, width * gsd, (top + shape[0]) * px)))
+    if found.size == 0:
+        return np.zeros(shape, np.int32)
+    return rasterize(
+        [(geoms[n], int(n) + 1) for n in found],
+        out_shape=shape,
+        transform=Affine(px, 0.0, 0.0, 0.0, px, top * px),
         fill=0,
         dtype="int32",
     )
-    colour = np.asarray(items.colour, np.float32)
-    kind = np.asarray(items.kind, np.int8)[ids]
-    obj_index = np.asarray(items.obj, np.int32)[ids]
 
-    fine, medium, coarse = _noise_fields(rng, height, width, ss)
-    img = colour[ids]
+
+def _colour_strip(items, ids, layout, rng, medium, coarse, origin) -> np.ndarray:
+    """Look up colours per id, texture the ground and surfaces, shade tree crowns."""
+    fine = ndimage.gaussian_filter(rng.standard_normal(ids.shape, dtype=np.float32), 0.8)
+    fine /= 0.35  # a sigma-0.8 blur leaves white noise with std ~0.35
+    img = np.asarray(items.colour, np.float32)[ids]
     ground = ids == 0
-    mix = 1.0 / (1.0 + np.exp(-(1.6 * coarse + 0.6 * medium)))
-    g = GRASS + (SOIL - GRASS) * mix[..., None]
-    img[ground] = g[ground] * (1.0 + 0.07 * medium[ground] + 0.06 * fine[ground])[:, None]
+    mix = 1.0 / (1.0 + np.exp(-(1.6 * coarse[ground] + 0.6 * medium[ground])))
+    g = GRASS + (SOIL - GRASS) * mix[:, None]
+    img[ground] = g * (1.0 + 0.07 * medium[ground] + 0.06 * fine[ground])[:, None]
     amp = np.asarray(items.amp, np.float32)[ids]
     img *= (1.0 + amp * (0.5 * fine + 0.5 * medium))[..., None]
-    _shade_trees(img, kind == K_TREE, obj_index, layout, gsd / ss)
-
-    shadow = _shadow_mask(layout, hi, to_hi)
-    shadow[np.isin(kind, TALL)] = 0.0
-    img *= 1.0 - shadow[..., None] * (1.0 - SHADOW_TINT)
-
-    img = img.reshape(height, ss, width, ss, 3).mean(axis=(1, 3))
-    img = ndimage.gaussian_filter(img, sigma=(0.55, 0.55, 0))
-    img += rng.normal(0.0, 0.012, img.shape).astype(np.float32)
-    return Rendered(np.clip(img, 0.0, 1.0).astype(np.float32), obj_index, ss)
+    kind = np.asarray(items.kind, np.int8)[ids]
+    _shade_trees(img, kind == K_TREE, np.asarray(items.obj, np.int32)[ids], layout, origin)
+    return img
 
 
 def _ground_items(items: _Items, layout: Layout) -> None:
@@ -105,7 +149,7 @@ def _ground_items(items: _Items, layout: Layout) -> None:
     for poly, what in layout.paved:
         items.add(poly, LOT if what == "lot" else CONCRETE, 0.08, K_PAVED)
     for poly, what in layout.flats:
-        items.add(poly, (0.14, 0.13, 0.12) if what == "stain" else (0.62, 0.61, 0.58), 0.15, K_FLAT)
+        items.add(poly, (0.2, 0.19, 0.17) if what == "stain" else (0.62, 0.61, 0.58), 0.15, K_FLAT)
     for paint in layout.markings:
         items.add(paint, PAINT, 0.04, K_PAINT)
 
@@ -183,22 +227,18 @@ def _box_items(items: _Items, o: Obj, i: int, c: np.ndarray) -> None:
         items.add(o.part(0.04, 0.96, 0.9), c, 0.04, K_CONFUSER, i)
 
 
-def _noise_fields(rng: np.random.Generator, h: int, w: int, ss: int) -> tuple[np.ndarray, ...]:
-    """Unit-variance noise at three scales, on the supersampled grid."""
-    fine = rng.standard_normal((h * ss, w * ss), dtype=np.float32)
-    fine = ndimage.gaussian_filter(fine, 0.8)
-    fine /= fine.std() + 1e-6
+def _noise_fields(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unit-variance noise at 1 m and 10 m scales, at the output resolution."""
     medium = ndimage.gaussian_filter(rng.standard_normal((h, w), dtype=np.float32), 3.0)
     medium /= medium.std() + 1e-6
     lo = rng.standard_normal((h // 32 + 3, w // 32 + 3)).astype(np.float32)
     coarse = ndimage.zoom(lo, 32, order=3)[:h, :w]
     coarse /= coarse.std() + 1e-6
-    up = np.ones((ss, ss), np.float32)
-    return fine, np.kron(medium, up), np.kron(coarse, up)
+    return medium, coarse
 
 
 def _shade_trees(
-    img: np.ndarray, mask: np.ndarray, obj_index: np.ndarray, layout: Layout, px: float
+    img: np.ndarray, mask: np.ndarray, obj_index: np.ndarray, layout: Layout, origin: tuple
 ) -> None:
     """Round crowns: brighter towards the sun, darker at the rim."""
     rows, cols = np.nonzero(mask)
@@ -208,24 +248,27 @@ def _shade_trees(
     cx = np.array([ob.cx for ob in layout.objects], np.float32)[o]
     cy = np.array([ob.cy for ob in layout.objects], np.float32)[o]
     rad = np.array([ob.length / 2.0 for ob in layout.objects], np.float32)[o]
-    dx, dy = ((cols + 0.5) * px - cx) / rad, ((rows + 0.5) * px - cy) / rad
+    row0, px = origin
+    dx, dy = ((cols + 0.5) * px - cx) / rad, ((row0 + rows + 0.5) * px - cy) / rad
     sx, sy = axes(layout.sun_azimuth)[0]
     light = 0.9 + 0.3 * (dx * sx + dy * sy) - 0.3 * (dx * dx + dy * dy)
     img[rows, cols] *= np.clip(light, 0.4, 1.3)[:, None]
 
 
-def _shadow_mask(layout: Layout, shape: tuple[int, int], to_hi: Affine) -> np.ndarray:
-    """Soft 0-1 mask of cast shadows (opposite the sun, length = height / tan(elevation))."""
+def _shadow_shapes(layout: Layout) -> list:
+    """Cast-shadow polygons: opposite the sun, length = height / tan(elevation)."""
     f, _ = axes(layout.sun_azimuth + 180.0)
     per_m = f / np.tan(np.radians(layout.sun_elevation))
     shapes = []
     for o in layout.objects:
         fp = o.footprint
         if o.kind == "tree":
-            d = per_m * (o.height - 0.4 * o.length)
+            # the crown's shadow spans from its lowest to its highest leaves, then the trunk
+            lo = per_m * max(0.0, o.height - 0.8 * o.length)
+            hi = per_m * (o.height - 0.25 * o.length)
             s = shapely.union(
-                translate(fp, *d),
-                LineString([(o.cx, o.cy), (o.cx + d[0], o.cy + d[1])]).buffer(0.3),
+                shapely.union(translate(fp, *lo), translate(fp, *hi)).convex_hull,
+                LineString([(o.cx, o.cy), (o.cx + lo[0], o.cy + lo[1])]).buffer(0.3),
             )
         elif o.sub in ("gable", "shed"):
             fo = np.asarray(axes(o.heading)[0])
@@ -241,9 +284,4 @@ def _shadow_mask(layout: Layout, shape: tuple[int, int], to_hi: Affine) -> np.nd
         if o.kind != "tree":
             s = s.difference(fp)
         shapes.append(s)
-    if not shapes:
-        return np.zeros(shape, np.float32)
-    mask = rasterize(
-        shapes, out_shape=shape, transform=to_hi, fill=0, default_value=1, dtype="uint8"
-    )
-    return ndimage.gaussian_filter(mask.astype(np.float32), 1.0)
+    return shapes

@@ -443,7 +443,7 @@ def _add_tree(p: _Placer, c: np.ndarray) -> None:
     rng = p.rng
     r = rng.uniform(1.5, 4.0) ** 0.6 * 4.0**0.4  # crowns 3-8 m, more large ones
     height = float(np.clip(2.2 * r + 2.0 + rng.normal(0, 1.5), 4.0, 15.0))
-    colour = tuple(np.array([0.17, 0.29, 0.11]) * rng.uniform(0.8, 1.2, 3))
+    colour = tuple(np.array([0.2, 0.32, 0.13]) * rng.uniform(0.8, 1.2, 3))
     tree = Obj("tree", "tree", float(c[0]), float(c[1]), 2 * r, 2 * r, 0.0, height, colour)
     if p.trees.free(crown(c[0], c[1], 0.55 * r)):
         p.try_add(tree, 0.4, on_ground=True)
