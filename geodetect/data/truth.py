@@ -110,8 +110,8 @@ def _anchors(layout: Layout, rng: np.random.Generator, n: int) -> list[np.ndarra
 
 
 def _region(c: np.ndarray, rng: np.random.Generator, scale: float) -> BaseGeometry:
-    """A rotated rectangle, an ellipse or an irregular hull, 8-35 m across."""
-    a, b = rng.uniform(12, 35) * scale, rng.uniform(8, 25) * scale
+    """A rotated rectangle, an ellipse or an irregular hull, 10-45 m across."""
+    a, b = rng.uniform(15, 45) * scale, rng.uniform(10, 30) * scale
     shape = rng.integers(3)
     if shape == 0:
         return Polygon(rect(c[0], c[1], a, b, rng.uniform(0, 180)))
