@@ -30,7 +30,8 @@ from geodetect.merge import empty_detections, merge_detections
 from geodetect.raster import Grid
 
 VECTOR_SUFFIXES = {".gpkg", ".geojson", ".json", ".shp", ".fgb"}
-TASK_ROWS_PX = 4096  # height of a task's block of tile rows (bounds per-task nDSM memory)
+TASK_ROWS_PX = 4096  # height of a task's block of tile rows
+TASK_MAX_PX = 64_000_000  # and its area: bounds the per-task nDSM (float32) to ~256 MB
 SEAM_SLACK_PX = 2.0  # cores of adjacent tiles overlap by this much; NMS removes the duplicates
 
 
@@ -54,8 +55,9 @@ class Task:
     image: str
     pointcloud: str | None
     grid: Grid  # working grid at the model GSD
-    windows: tuple[tuple[int, int], ...]  # (col_off, row_off) of tiles of side settings.tile
+    windows: tuple[tuple[int, int], ...]  # (col_off, row_off) of tiles of side `tile`
     stats: dict | None  # scene colour statistics (None: the model's)
+    tile: int = 512  # tile side actually read (a scene smaller than the tile gets one tile)
     index: int = 0
     n_tasks: int = 1
 
@@ -171,18 +173,21 @@ def plan_tasks(
         if clouds:
             _check_cloud(clouds[i], grid, image)
         stats = _scene_stats(image, meta)
-        tile = settings.tile
-        wins = tile_windows(grid.width, grid.height, tile, settings.overlap)
+        multiple = int(meta.get("arch", {}).get("multiple", 32))
+        side = math.ceil(max(grid.width, grid.height) / multiple) * multiple
+        tile = min(settings.tile, side)
+        wins = tile_windows(grid.width, grid.height, tile, min(settings.overlap, tile // 2))
         offsets = sorted(
             {(int(w.col_off), int(w.row_off)) for w in wins}, key=lambda t: (t[1], t[0])
         )
         rows = sorted({r for _, r in offsets})
-        per_task = max(1, rows_px // max(1, tile - settings.overlap))
+        step = max(1, tile - settings.overlap)
+        per_task = max(1, min(rows_px // step, TASK_MAX_PX // (grid.width * step)))
         blocks = [rows[j : j + per_task] for j in range(0, len(rows), per_task)]
         for j, block in enumerate(blocks):
             sel = tuple(o for o in offsets if block[0] <= o[1] <= block[-1])
             cloud = clouds[i] if clouds else None
-            tasks.append(Task(image, cloud, grid, sel, stats, j, len(blocks)))
+            tasks.append(Task(image, cloud, grid, sel, stats, tile, j, len(blocks)))
     return tasks
 
 
@@ -204,8 +209,8 @@ def _read_batches(task: Task, meta: dict, settings: Settings, size: int) -> Iter
     from geodetect.transforms import prepare_input
 
     bands = list(meta.get("bands") or [1])
-    ndsm_block, block_origin = _ndsm_block(task, settings.tile)
-    tile = settings.tile
+    ndsm_block, block_origin = _ndsm_block(task, task.tile)
+    tile = task.tile
     with SceneReader(task.image, task.grid, bands=bands) as reader:
         inputs: list[np.ndarray] = []
         offs: list[tuple[int, int]] = []
@@ -301,7 +306,7 @@ def run_task(
     from geodetect.labels import detections_frame
 
     g = task.grid
-    tile = settings.tile
+    tile = task.tile
     boxes, scores, classes, heads = [], [], [], []
     n_valid = 0
     with ThreadPoolExecutor(max_workers=1) as pool:
