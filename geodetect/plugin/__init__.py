@@ -1,0 +1,1 @@
+"""napari plugin: all napari/Qt code lives here, thin adapters over the core modules."""
