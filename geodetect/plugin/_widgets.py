@@ -831,8 +831,6 @@ class GeodetectWidget(QWidget):
     def cancel_training(self) -> None:
         """Ask the run to stop at its next step; the UI stays responsive meanwhile."""
         self._cancel.set()
-        if self.train_worker is not None:
-            self.train_worker.quit()
         self._say("cancelling…")
 
     def _training_done(self, model: Path | None) -> None:
@@ -847,6 +845,8 @@ class GeodetectWidget(QWidget):
         self._say(f"training failed: {exc}", error=True)
 
     def _training_finished(self) -> None:
+        if self._cancel.is_set():
+            self._say("training cancelled")
         self._poll.stop()
         self._show_train_state()
         self.train_progress.setRange(0, 1)
