@@ -235,8 +235,11 @@ class GeodetectWidget(QWidget):
         self.scene_box.blockSignals(True)
         self.scene_box.clear()
         self.scene_box.addItems(names)
+        scenes = [ly.name for ly in self.scene_layers() if ly.metadata[KEY]["kind"] == "scene"]
         if current in names:
             self.scene_box.setCurrentText(current)
+        elif scenes:  # label on the image by default; DSMs line up anyway
+            self.scene_box.setCurrentText(scenes[0])
         self.scene_box.blockSignals(False)
 
     def _scene_meta(self) -> dict | None:
