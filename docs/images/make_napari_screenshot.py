@@ -1,6 +1,8 @@
 """Screenshot of the napari plugin: demo scene, sparse labels, detections under review.
 
-Run under xvfb:  xvfb-run -a -s '-screen 0 1600x1000x24' .venv/bin/python docs/images/make_napari_screenshot.py [MODEL]
+Run under xvfb (from the repository root):
+    xvfb-run -a -s '-screen 0 1600x1000x24' \
+        .venv/bin/python docs/images/make_napari_screenshot.py [MODEL]
 With MODEL (a trained model.pt) the detections are the model's; without one they are the
 generated scene's truth objects that are not labelled yet, with made-up scores, so the
 review layer can be shown before a model exists.
