@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,10 +84,7 @@ def open_cloud(path: str | Path) -> CloudInfo:
     A LAZ file is checked by decoding its last point (a cut file fails there); an uncompressed
     LAS by comparing its size with what the header declares.
     """
-    _check_file(path)
-    with open(path, "rb") as f:
-        if f.read(4) != b"LASF":
-            raise PointCloudError(f"{path}: not a LAS/LAZ file (no LASF signature)")
+    _check_header(path)
     with _cloud_errors(path), laspy.open(path) as reader:
         header = reader.header
         count = int(header.point_count)
@@ -105,6 +103,34 @@ def open_cloud(path: str | Path) -> CloudInfo:
             point_format=int(fmt.id),
             has_rgb="red" in fmt.dimension_names,
         )
+
+
+def _check_header(path: str | Path) -> None:
+    """Sanity-check the public header block before laspy trusts it: a lying VLR or EVLR count
+    would otherwise make it loop over billions of empty records (a hang, not an error)."""
+    _check_file(path)
+    size = Path(path).stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(375)
+    if head[:4] != b"LASF":
+        raise PointCloudError(f"{path}: not a LAS/LAZ file (no LASF signature)")
+    if len(head) < 227:
+        raise PointCloudError(f"{path}: truncated header ({len(head)} bytes)")
+    major, minor = head[24], head[25]
+    header_size, offset, n_vlrs = struct.unpack_from("<HII", head, 94)
+    bad = None
+    if major != 1 or minor > 4:
+        bad = f"unsupported LAS version {major}.{minor}"
+    elif not 227 <= header_size <= offset <= size:
+        bad = "corrupt header (sizes and offsets do not fit the file)"
+    elif n_vlrs * 54 > offset - header_size:
+        bad = f"corrupt header ({n_vlrs} VLRs cannot fit before the points)"
+    elif minor >= 4 and len(head) >= 247:
+        evlr_start, n_evlrs = struct.unpack_from("<QI", head, 235)
+        if n_evlrs and (evlr_start < offset or evlr_start + n_evlrs * 60 > size):
+            bad = f"corrupt header ({n_evlrs} EVLRs do not fit in the file)"
+    if bad:
+        raise PointCloudError(f"{path}: {bad}")
 
 
 def _check_complete(path: str | Path, reader: laspy.LasReader, count: int) -> None:
