@@ -134,15 +134,19 @@ def _check_header(path: str | Path) -> None:
 
 
 def _check_complete(path: str | Path, reader: laspy.LasReader, count: int) -> None:
+    """Catch a cut file from the header alone: an uncompressed LAS must hold every declared
+    record; a LAZ writes its chunk table last, so a cut file points past its own end."""
     header = reader.header
+    size = Path(path).stat().st_size
     if header.are_points_compressed:
-        reader.seek(count - 1)
-        if len(reader.read_points(1)) != 1:
-            raise PointCloudError(f"{path}: truncated (header says {count} points)")
-        reader.seek(0)
+        with open(path, "rb") as f:
+            f.seek(header.offset_to_point_data)
+            (table,) = struct.unpack("<q", f.read(8).ljust(8, b"\xff"))
+        if table != -1 and not header.offset_to_point_data + 8 <= table <= size - 8:
+            raise PointCloudError(f"{path}: truncated (its LAZ chunk table lies past the end)")
         return
     need = header.offset_to_point_data + count * header.point_format.size
-    if Path(path).stat().st_size < need:
+    if size < need:
         raise PointCloudError(f"{path}: truncated (header says {count} points, file ends early)")
 
 
