@@ -7,41 +7,162 @@ clockwise from grid north in [0, 180). `y_down=True` is the pixel frame, False t
 from __future__ import annotations
 
 import numpy as np
+import shapely
 
 
 def wrap_angle(angle_deg: np.ndarray | float) -> np.ndarray:
     """Orientation of an axis (no front) into [0, 180)."""
-    raise NotImplementedError
+    return _wrap(angle_deg, 180.0)
 
 
 def wrap_heading(heading_deg: np.ndarray | float) -> np.ndarray:
     """Direction (with a front) into [0, 360)."""
-    raise NotImplementedError
+    return _wrap(heading_deg, 360.0)
 
 
-def angle_difference(a: np.ndarray | float, b: np.ndarray | float, period: float = 180.0) -> np.ndarray:
+def _wrap(a: np.ndarray | float, period: float) -> np.ndarray:
+    # np.mod(-1e-17, 180) rounds to 180.0 itself: fold that back to 0 to keep [0, period)
+    out = np.mod(np.asarray(a, np.float64), period)
+    return np.where(out >= period, 0.0, out)
+
+
+def angle_difference(
+    a: np.ndarray | float, b: np.ndarray | float, period: float = 180.0
+) -> np.ndarray:
     """Smallest absolute difference between angles of the given period (180 axes, 360 headings)."""
-    raise NotImplementedError
+    d = np.mod(np.asarray(a, np.float64) - np.asarray(b, np.float64), period)
+    return np.minimum(d, period - d)
 
 
-def box_corners(boxes: np.ndarray, y_down: bool = True, headings: np.ndarray | None = None) -> np.ndarray:
-    """Corners (N, 4, 2): front-left, front-right, back-right, back-left along the angle (or heading)."""
-    raise NotImplementedError
+def direction(angle_deg: np.ndarray | float, y_down: bool = True) -> np.ndarray:
+    """Unit vectors (..., 2) pointing along angles clockwise from grid north in the given frame."""
+    r = np.deg2rad(np.asarray(angle_deg, np.float64))
+    north = -np.cos(r) if y_down else np.cos(r)
+    return np.stack([np.sin(r), north], axis=-1)
 
 
-def boxes_from_corners(corners: np.ndarray, y_down: bool = True, rtol: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+def vector_angle(v: np.ndarray, y_down: bool = True) -> np.ndarray:
+    """Heading in [0, 360) of vectors (..., 2), clockwise from grid north in the given frame."""
+    v = np.asarray(v, np.float64)
+    north = -v[..., 1] if y_down else v[..., 1]
+    return wrap_heading(np.rad2deg(np.arctan2(v[..., 0], north)))
+
+
+def box_corners(
+    boxes: np.ndarray, y_down: bool = True, headings: np.ndarray | None = None
+) -> np.ndarray:
+    """Corners (N, 4, 2): front-left, front-right, back-right, back-left along the heading.
+
+    A NaN heading falls back to the box angle, so mixed classes need no special casing.
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 5)
+    toward = boxes[:, 4]
+    if headings is not None:
+        h = np.asarray(headings, np.float64).reshape(-1)
+        toward = np.where(np.isfinite(h), h, toward)
+    fwd = direction(toward, y_down) * (boxes[:, 2:3] / 2)
+    right = direction(toward + 90.0, y_down) * (boxes[:, 3:4] / 2)
+    c = boxes[:, :2]
+    return np.stack([c + fwd - right, c + fwd + right, c - fwd + right, c - fwd - right], axis=1)
+
+
+def boxes_from_corners(
+    corners: np.ndarray, y_down: bool = True, rtol: float = 1e-3
+) -> tuple[np.ndarray, np.ndarray]:
     """Boxes (N, 5) and the heading implied by corner order (N,) from (N, 4, 2) rectangle corners.
 
-    Raises ValueError naming the first index that is not a rectangle.
+    The heading points from the back edge (corners 2, 3) to the front edge (corners 0, 1).
+    Either winding is accepted. Raises ValueError naming the first index that is not a
+    rectangle (sides and right angles checked to `rtol` of the longest side).
     """
-    raise NotImplementedError
+    c = np.asarray(corners, np.float64).reshape(-1, 4, 2)
+    if len(c) == 0:
+        return np.zeros((0, 5)), np.zeros(0)
+    edges = np.roll(c, -1, axis=1) - c  # e0 = FR - FL, e1 = BR - FR, ...
+    sides = np.linalg.norm(edges, axis=2)
+    scale = sides.max(axis=1)
+    closing = np.maximum(
+        np.linalg.norm(edges[:, 0] + edges[:, 2], axis=1),
+        np.linalg.norm(edges[:, 1] + edges[:, 3], axis=1),
+    )
+    dot = np.abs(np.einsum("ij,ij->i", edges[:, 0], edges[:, 1]))
+    ok = np.isfinite(c).all(axis=(1, 2)) & (sides.min(axis=1) > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ok &= (closing <= rtol * scale) & (dot <= rtol * sides[:, 0] * sides[:, 1])
+    bad = np.nonzero(~ok)[0]
+    if len(bad):
+        raise ValueError(f"corners {int(bad[0])} are not a 4-corner rectangle")
+    fwd = (c[:, 0] + c[:, 1] - c[:, 2] - c[:, 3]) / 2
+    along = np.linalg.norm(fwd, axis=1)
+    across = (sides[:, 0] + sides[:, 2]) / 2
+    heading = vector_angle(fwd, y_down)
+    long_fwd = along >= across
+    boxes = np.empty((len(c), 5))
+    boxes[:, :2] = c.mean(axis=1)
+    boxes[:, 2] = np.where(long_fwd, along, across)
+    boxes[:, 3] = np.where(long_fwd, across, along)
+    boxes[:, 4] = wrap_angle(np.where(long_fwd, heading, heading + 90.0))
+    return boxes, heading
+
+
+def box_polygons(boxes: np.ndarray, headings: np.ndarray | None = None) -> np.ndarray:
+    """Shapely polygons of boxes in their own frame (corner order FL, FR, BR, BL, y-down)."""
+    return shapely.polygons(box_corners(boxes, y_down=True, headings=headings))
 
 
 def rotated_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Exact IoU matrix (N, M) of oriented boxes (same frame), axis-aligned pre-filter first."""
-    raise NotImplementedError
+    a = np.asarray(a, np.float64).reshape(-1, 5)
+    b = np.asarray(b, np.float64).reshape(-1, 5)
+    out = np.zeros((len(a), len(b)))
+    if len(a) == 0 or len(b) == 0:
+        return out
+    i, j, iou = _pair_ious(box_polygons(a), box_polygons(b))
+    out[i, j] = iou
+    return out
 
 
-def rotated_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, classes: np.ndarray | None = None) -> np.ndarray:
-    """Indices kept by greedy rotated NMS, highest score first (per class when `classes` given)."""
-    raise NotImplementedError
+def _pair_ious(pa: np.ndarray, pb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, iou) for the pairs whose envelopes touch (STRtree), exact polygon overlap."""
+    i, j = shapely.STRtree(pb).query(pa)  # (index into pa, index into pb)
+    inter = shapely.area(shapely.intersection(pa[i], pb[j]))
+    union = shapely.area(pa[i]) + shapely.area(pb[j]) - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, inter / union, 0.0)
+    return i, j, iou
+
+
+def rotated_nms(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    iou_threshold: float,
+    classes: np.ndarray | None = None,
+) -> np.ndarray:
+    """Indices kept by greedy rotated NMS, highest score first (per class when `classes` given).
+
+    Order is deterministic: descending score, ties by index. A box is suppressed by a kept
+    box of the same class whose IoU with it is above `iou_threshold`.
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 5)
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    n = len(boxes)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    order = np.argsort(-scores, kind="stable")
+    polys = box_polygons(boxes)
+    i, j, iou = _pair_ious(polys, polys)
+    hit = (iou > iou_threshold) & (i != j)
+    if classes is not None:
+        cls = np.asarray(classes).reshape(-1)
+        hit &= cls[i] == cls[j]
+    i, j = i[hit], j[hit]
+    bounds = np.cumsum(np.bincount(i, minlength=n))[:-1]
+    neighbours = np.split(j[np.argsort(i, kind="stable")], bounds)
+    suppressed = np.zeros(n, bool)
+    keep = []
+    for k in order:
+        if suppressed[k]:
+            continue
+        keep.append(k)
+        suppressed[neighbours[k]] = True
+    return np.asarray(keep, np.int64)
