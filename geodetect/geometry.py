@@ -51,19 +51,24 @@ def vector_angle(v: np.ndarray, y_down: bool = True) -> np.ndarray:
 def box_corners(
     boxes: np.ndarray, y_down: bool = True, headings: np.ndarray | None = None
 ) -> np.ndarray:
-    """Corners (N, 4, 2): front-left, front-right, back-right, back-left along the heading.
+    """Corners (N, 4, 2): front-left, front-right, back-right, back-left.
 
-    A NaN heading falls back to the box angle, so mixed classes need no special casing.
+    The rectangle always has its length along the box angle; a heading only picks which edge
+    is the front (the one facing closest to it: the angle, +90, +180 or +270), so corners
+    round-trip through `boxes_from_corners` even for a front on a long side. NaN = the angle.
     """
     boxes = np.asarray(boxes, np.float64).reshape(-1, 5)
-    toward = boxes[:, 4]
-    if headings is not None:
-        h = np.asarray(headings, np.float64).reshape(-1)
-        toward = np.where(np.isfinite(h), h, toward)
-    fwd = direction(toward, y_down) * (boxes[:, 2:3] / 2)
-    right = direction(toward + 90.0, y_down) * (boxes[:, 3:4] / 2)
+    fwd = direction(boxes[:, 4], y_down) * (boxes[:, 2:3] / 2)
+    right = direction(boxes[:, 4] + 90.0, y_down) * (boxes[:, 3:4] / 2)
     c = boxes[:, :2]
-    return np.stack([c + fwd - right, c + fwd + right, c - fwd + right, c - fwd - right], axis=1)
+    corners = np.stack([c + fwd - right, c + fwd + right, c - fwd + right, c - fwd - right], 1)
+    if headings is None:
+        return corners
+    h = np.asarray(headings, np.float64).reshape(-1)
+    turns = np.where(np.isfinite(h), np.round(wrap_heading(h - boxes[:, 4]) / 90.0), 0) % 4
+    # starting the cycle one corner later turns the front edge 90 degrees clockwise
+    idx = (np.arange(4)[None, :] + turns.astype(np.int64)[:, None]) % 4
+    return np.take_along_axis(corners, idx[:, :, None], axis=1)
 
 
 def boxes_from_corners(
@@ -78,20 +83,10 @@ def boxes_from_corners(
     c = np.asarray(corners, np.float64).reshape(-1, 4, 2)
     if len(c) == 0:
         return np.zeros((0, 5)), np.zeros(0)
-    edges = np.roll(c, -1, axis=1) - c  # e0 = FR - FL, e1 = BR - FR, ...
-    sides = np.linalg.norm(edges, axis=2)
-    scale = sides.max(axis=1)
-    closing = np.maximum(
-        np.linalg.norm(edges[:, 0] + edges[:, 2], axis=1),
-        np.linalg.norm(edges[:, 1] + edges[:, 3], axis=1),
-    )
-    dot = np.abs(np.einsum("ij,ij->i", edges[:, 0], edges[:, 1]))
-    ok = np.isfinite(c).all(axis=(1, 2)) & (sides.min(axis=1) > 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ok &= (closing <= rtol * scale) & (dot <= rtol * sides[:, 0] * sides[:, 1])
-    bad = np.nonzero(~ok)[0]
+    bad = np.nonzero(~is_rectangle(c, rtol))[0]
     if len(bad):
         raise ValueError(f"corners {int(bad[0])} are not a 4-corner rectangle")
+    sides = np.linalg.norm(np.roll(c, -1, axis=1) - c, axis=2)
     fwd = (c[:, 0] + c[:, 1] - c[:, 2] - c[:, 3]) / 2
     along = np.linalg.norm(fwd, axis=1)
     across = (sides[:, 0] + sides[:, 2]) / 2
@@ -103,6 +98,26 @@ def boxes_from_corners(
     boxes[:, 3] = np.where(long_fwd, across, along)
     boxes[:, 4] = wrap_angle(np.where(long_fwd, heading, heading + 90.0))
     return boxes, heading
+
+
+def is_rectangle(corners: np.ndarray, rtol: float = 1e-3) -> np.ndarray:
+    """(N,) bool: do (N, 4, 2) corners form a non-degenerate rectangle (either winding)?
+
+    Opposite sides must match and the corner angle be square, to `rtol` of the longest side.
+    """
+    c = np.asarray(corners, np.float64).reshape(-1, 4, 2)
+    edges = np.roll(c, -1, axis=1) - c  # e0 = FR - FL, e1 = BR - FR, ...
+    sides = np.linalg.norm(edges, axis=2)
+    scale = sides.max(axis=1)
+    closing = np.maximum(
+        np.linalg.norm(edges[:, 0] + edges[:, 2], axis=1),
+        np.linalg.norm(edges[:, 1] + edges[:, 3], axis=1),
+    )
+    dot = np.abs(np.einsum("ij,ij->i", edges[:, 0], edges[:, 1]))
+    ok = np.isfinite(c).all(axis=(1, 2)) & (sides.min(axis=1) > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ok &= (closing <= rtol * scale) & (dot <= rtol * sides[:, 0] * sides[:, 1])
+    return ok
 
 
 def box_polygons(boxes: np.ndarray, headings: np.ndarray | None = None) -> np.ndarray:

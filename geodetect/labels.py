@@ -10,19 +10,25 @@ import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pyogrio
+import shapely
 from affine import Affine
+from pyproj import CRS
 from shapely.geometry.base import BaseGeometry
 
+from geodetect import geometry
 from geodetect.atomic import atomic_path, check_out_dir
-from geodetect.errors import InputError, LabelError
+from geodetect.errors import CRSError, InputError, LabelError
 from geodetect.raster import Grid
 
 DETECTION_FIELDS = ["class", "score", "angle_deg", "heading_deg", "length_m", "width_m", "image"]
+LABEL_FIELDS = ["label", "class", "image", "heading_deg"]
+RECT_RTOL = 0.05  # hand-drawn rectangles (QGIS, napari) are rarely square to the last digit
 
 
 @dataclass
@@ -33,7 +39,7 @@ class SceneLabels:
     classes: list[str]  # (N,)
     headings: np.ndarray  # (N,) degrees, NaN where the class has no front
     negatives: list[BaseGeometry] = field(default_factory=list)  # polygons, pixel frame
-    feature_ids: list[int] = field(default_factory=list)  # row index in the source file, for messages
+    feature_ids: list[int] = field(default_factory=list)  # positives' rows in the file
 
 
 def read_vector(path: str | Path) -> gpd.GeoDataFrame:
@@ -53,8 +59,11 @@ def read_vector(path: str | Path) -> gpd.GeoDataFrame:
         raise LabelError(f"{p}: not a readable vector file ({_one_line(err)})") from None
     if not isinstance(gdf, gpd.GeoDataFrame):
         raise LabelError(f"{p}: has no geometry column")
-    if gdf.crs is None and p.suffix.lower() in (".geojson", ".json"):
-        gdf = gdf.set_crs("EPSG:4326")  # RFC 7946: GeoJSON without a CRS is WGS 84
+    if p.suffix.lower() in (".geojson", ".json"):
+        if gdf.crs is None:
+            gdf = gdf.set_crs("EPSG:4326")  # RFC 7946: GeoJSON without a CRS is WGS 84
+        # GDAL reports WGS 84 for a file without a crs member; CRS-less scenes need to know
+        gdf.attrs["crs_assumed"] = not _declares_crs(p)
     if p.suffix.lower() == ".shp":  # dBase cuts names at 10 characters: heading_deg -> heading_de
         cut = {f[:10]: f for f in _KNOWN_FIELDS if len(f) > 10}
         gdf = gdf.rename(columns={c: cut[c] for c in gdf.columns if c in cut and cut[c] not in gdf})
@@ -62,8 +71,119 @@ def read_vector(path: str | Path) -> gpd.GeoDataFrame:
 
 
 def read_labels(path: str | Path) -> gpd.GeoDataFrame:
-    """Read and validate a label file (fields, 4-corner positives, classes)."""
-    raise NotImplementedError
+    """Read and validate a label file (fields, 4-corner positives, classes).
+
+    Returns the table with `label` lower-cased, positives as Polygons and `heading_deg` float;
+    `attrs["source"]` holds the file name for later messages.
+    """
+    p = Path(path)
+    gdf = read_vector(p)
+    if len(gdf) == 0:
+        raise LabelError(f"{p}: no features; draw positives (and negatives) first")
+    gdf = validate_labels(gdf, p.name)
+    gdf.attrs["source"] = p.name
+    return gdf
+
+
+def validate_labels(gdf: gpd.GeoDataFrame, source: str = "labels") -> gpd.GeoDataFrame:
+    """Check a label table against the contract; a copy with normalised fields.
+
+    Raises LabelError naming the first offending feature (0-based row in the file).
+    """
+    if "label" not in gdf:
+        raise LabelError(f"{source}: no 'label' field; each feature needs positive or negative")
+    gdf = gdf.copy()
+    label = gdf["label"].map(lambda v: str(v).strip().lower() if isinstance(v, str) else "")
+    bad = ~label.isin(["positive", "negative"]).to_numpy()
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise LabelError(
+            f"{source}: feature {i} has label {gdf['label'].iloc[i]!r}; "
+            "expected 'positive' or 'negative'"
+        )
+    gdf["label"] = label.to_numpy()
+    pos = (label == "positive").to_numpy()
+    geoms = gdf.geometry.to_numpy()
+    empty = shapely.is_missing(geoms) | shapely.is_empty(geoms)
+    if empty.any():
+        raise LabelError(f"{source}: feature {int(np.argmax(empty))} has no geometry")
+    if pos.any():
+        _check_classes(gdf, pos, source)
+        geoms[pos] = _single_polygons(geoms[pos])
+        rect = _rectangle_mask(geoms[pos], gdf.crs)
+        if not rect.all():
+            i = int(np.nonzero(pos)[0][np.argmin(rect)])
+            raise LabelError(f"{source}: feature {i} is not a 4-corner rectangle")
+    types = shapely.get_type_id(geoms)
+    bad = ~pos & ~np.isin(types, [3, 6])  # Polygon, MultiPolygon
+    if bad.any():
+        i = int(np.argmax(bad))
+        kind = geoms[i].geom_type
+        raise LabelError(f"{source}: feature {i} is a {kind} negative; expected a Polygon")
+    gdf = gdf.set_geometry(gpd.GeoSeries(geoms, index=gdf.index, crs=gdf.crs))
+    if "heading_deg" in gdf:
+        gdf["heading_deg"] = _headings(gdf["heading_deg"], source)
+    return gdf
+
+
+def _check_classes(gdf: gpd.GeoDataFrame, pos: np.ndarray, source: str) -> None:
+    if "class" not in gdf:
+        raise LabelError(f"{source}: no 'class' field; positives need one (e.g. vehicle)")
+    cls = gdf["class"].map(lambda v: str(v).strip() if isinstance(v, str) else "").to_numpy()
+    bad = pos & (cls == "")
+    if bad.any():
+        raise LabelError(f"{source}: feature {int(np.argmax(bad))} is a positive without a class")
+
+
+def _single_polygons(geoms: np.ndarray) -> np.ndarray:
+    """MultiPolygons of one part (QGIS layers are often multi) as Polygons, repeats removed."""
+    multi1 = (shapely.get_type_id(geoms) == 6) & (shapely.get_num_geometries(geoms) == 1)
+    out = geoms.copy()
+    out[multi1] = shapely.get_geometry(geoms[multi1], 0)
+    return shapely.remove_repeated_points(out)
+
+
+def quad_corners(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exterior corners (N, 4, 2) of 4-corner Polygons without holes, and which ones are such."""
+    geoms = np.asarray(geoms, dtype=object)
+    ok = (
+        (shapely.get_type_id(geoms) == 3)
+        & (shapely.get_num_interior_rings(geoms) == 0)
+        & (shapely.get_num_coordinates(geoms) == 5)
+    )
+    corners = np.full((len(geoms), 4, 2), np.nan)
+    if ok.any():
+        ring = shapely.get_coordinates(shapely.get_exterior_ring(geoms[ok]))
+        corners[ok] = ring.reshape(-1, 5, 2)[:, :4]
+    return corners, ok
+
+
+def _rectangle_mask(geoms: np.ndarray, crs: CRS | None) -> np.ndarray:
+    """Which geometries are rectangles on the ground (geographic CRSs checked in local UTM)."""
+    corners, ok = quad_corners(geoms)
+    if crs is not None and crs.is_geographic and ok.any():
+        utm = gpd.GeoSeries(shapely.polygons(corners[ok]), crs=crs)
+        corners[ok], _ = quad_corners(utm.to_crs(utm.estimate_utm_crs()).to_numpy())
+    ok[ok] = geometry.is_rectangle(corners[ok], RECT_RTOL)
+    return ok
+
+
+def _headings(values: pd.Series, source: str) -> np.ndarray:
+    h = pd.to_numeric(values, errors="coerce").to_numpy(np.float64)
+    typed = values.map(lambda v: v is not None and not (isinstance(v, float) and np.isnan(v)))
+    bad = np.isnan(h) & typed.to_numpy(bool) & (values.astype(str).str.strip() != "").to_numpy()
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise LabelError(f"{source}: feature {i} has heading_deg {values.iloc[i]!r}, not a number")
+    return geometry.wrap_heading(h)
+
+
+def _declares_crs(path: Path) -> bool:
+    """Does a GeoJSON file carry a (pre-RFC 7946) `crs` member before its features?"""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    cut = head.find(b'"features"')
+    return b'"crs"' in (head if cut < 0 else head[:cut])
 
 
 def write_vector(gdf: gpd.GeoDataFrame, path: str | Path) -> Path:
@@ -135,23 +255,132 @@ def _write_shapefile(gdf: gpd.GeoDataFrame, final: Path) -> None:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def labels_for_grid(gdf: gpd.GeoDataFrame, grid: Grid, image_name: str | None = None) -> SceneLabels:
+def labels_for_grid(
+    gdf: gpd.GeoDataFrame, grid: Grid, image_name: str | None = None
+) -> SceneLabels:
     """Reproject labels to the grid's CRS and convert to its pixel frame, keeping those on the grid.
 
     Rows whose `image` names another scene are dropped. Raises CRSError when the file has no
-    CRS but the grid has one.
+    CRS but the grid has one (or the reverse), LabelError for invalid labels.
     """
-    raise NotImplementedError
+    source = gdf.attrs.get("source", "labels")
+    gdf = _to_grid_crs(validate_labels(gdf, source), grid, source, image_name)
+    if image_name and "image" in gdf and len(gdf):
+        names = gdf["image"].map(_file_name)
+        gdf = gdf[(names.isna() | (names == _file_name(image_name))).to_numpy()]
+    geoms = _affine(gdf.geometry.to_numpy(), ~grid.transform)
+    on_grid = shapely.intersects(geoms, shapely.box(0, 0, grid.width, grid.height))
+    pos = (gdf["label"] == "positive").to_numpy() & on_grid
+    neg = (gdf["label"] == "negative").to_numpy() & on_grid
+    corners, _ = quad_corners(geoms[pos])
+    try:
+        boxes, _ = geometry.boxes_from_corners(corners, y_down=True, rtol=RECT_RTOL)
+    except ValueError:
+        bad = ~geometry.is_rectangle(corners, RECT_RTOL)
+        i = gdf.index[np.nonzero(pos)[0][np.argmax(bad)]]
+        raise LabelError(f"{source}: feature {i} is not a rectangle on this scene's grid") from None
+    heads = np.full(int(pos.sum()), np.nan)
+    if "heading_deg" in gdf:
+        h_map = gdf["heading_deg"].to_numpy(np.float64)[pos]
+        heads = heading_to_pixel(h_map, grid.transform, georeferenced=grid.crs is not None)
+    return SceneLabels(
+        boxes=boxes,
+        classes=[str(c).strip() for c in gdf["class"].to_numpy()[pos]] if pos.any() else [],
+        headings=heads,
+        negatives=list(geoms[neg]),
+        feature_ids=[int(i) for i in gdf.index[pos]],
+    )
 
 
-def boxes_to_polygons(boxes_px: np.ndarray, transform: Affine, headings_px: np.ndarray | None = None) -> list:
+def _to_grid_crs(
+    gdf: gpd.GeoDataFrame, grid: Grid, source: str, image_name: str | None
+) -> gpd.GeoDataFrame:
+    scene = image_name or "the scene"
+    if gdf.crs is not None and grid.crs is None:
+        if gdf.attrs.get("crs_assumed"):  # GeoJSON without a crs member, drawn in pixels
+            return gdf.set_crs(None, allow_override=True)
+        raise CRSError(
+            f"{source} is in {_crs_name(gdf.crs)} but {scene} has no CRS; georeference the "
+            "scene (gdal_edit.py -a_srs ...) or label it in pixel coordinates (no CRS)"
+        )
+    if gdf.crs is None and grid.crs is not None:
+        name = _crs_name(grid.crs)
+        raise CRSError(
+            f"{source} has no CRS but {scene} is in {name}; set the labels' CRS with "
+            f"ogr2ogr -a_srs {name} fixed.gpkg {source}"
+        )
+    if gdf.crs is not None and not gdf.crs.equals(grid.crs):
+        gdf = gdf.to_crs(grid.crs)
+    return gdf
+
+
+def _crs_name(crs: CRS) -> str:
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else "'" + crs.to_string() + "'"
+
+
+def _file_name(value: object) -> str | None:
+    """The file name of an `image` field (paths from any OS), None when unset."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    return PurePath(value.strip().replace("\\", "/")).name
+
+
+def _affine(geoms: np.ndarray, aff: Affine) -> np.ndarray:
+    """Geometries with an affine transform applied to every coordinate (vectorised)."""
+    m = np.array([[aff.a, aff.b], [aff.d, aff.e]])
+    off = np.array([aff.c, aff.f])
+    return shapely.transform(geoms, lambda xy: xy @ m.T + off)
+
+
+def _linear(aff: Affine) -> np.ndarray:
+    return np.array([[aff.a, aff.b], [aff.d, aff.e]])
+
+
+def heading_to_map(
+    headings_px: np.ndarray, transform: Affine, georeferenced: bool = True
+) -> np.ndarray:
+    """Pixel-frame angles/headings -> the map frame through the transform (rotation-aware).
+
+    Without a CRS the map frame is the pixel frame (y down). NaN stays NaN.
+    """
+    v = geometry.direction(headings_px, y_down=True) @ _linear(transform).T
+    return geometry.vector_angle(v, y_down=not georeferenced)
+
+
+def heading_to_pixel(
+    headings_map: np.ndarray, transform: Affine, georeferenced: bool = True
+) -> np.ndarray:
+    """Map-frame angles/headings -> the pixel frame of `transform`. NaN stays NaN."""
+    v = geometry.direction(headings_map, y_down=not georeferenced)
+    return geometry.vector_angle(v @ np.linalg.inv(_linear(transform)).T, y_down=True)
+
+
+def boxes_to_polygons(
+    boxes_px: np.ndarray, transform: Affine, headings_px: np.ndarray | None = None
+) -> list:
     """Pixel-frame boxes -> shapely Polygons in map coordinates (corner order kept)."""
-    raise NotImplementedError
+    corners = geometry.box_corners(boxes_px, y_down=True, headings=headings_px)
+    return list(shapely.polygons(corners @ _linear(transform).T + [transform.c, transform.f]))
 
 
-def polygons_to_boxes(polygons: list, transform: Affine) -> tuple[np.ndarray, np.ndarray]:
-    """Map-frame 4-corner polygons -> pixel-frame boxes (N, 5) and headings implied by corner order."""
-    raise NotImplementedError
+def polygons_to_boxes(
+    polygons: list, transform: Affine, rtol: float = RECT_RTOL
+) -> tuple[np.ndarray, np.ndarray]:
+    """Map-frame 4-corner polygons -> pixel-frame boxes (N, 5) and corner-order headings.
+
+    Raises ValueError naming the first polygon that is not a 4-corner rectangle.
+    """
+    geoms = _single_polygons(np.asarray(list(polygons), dtype=object).reshape(-1))
+    corners, ok = quad_corners(geoms)
+    if not ok.all():
+        raise ValueError(f"polygon {int(np.argmin(ok))} is not a 4-corner rectangle")
+    inv = ~transform
+    px = corners @ _linear(inv).T + [inv.c, inv.f]
+    try:
+        return geometry.boxes_from_corners(px, y_down=True, rtol=rtol)
+    except ValueError as err:
+        raise ValueError(str(err).replace("corners", "polygon")) from None
 
 
 def detections_frame(
@@ -162,5 +391,56 @@ def detections_frame(
     grid: Grid,
     image: str,
 ) -> gpd.GeoDataFrame:
-    """Detections in the contract's schema, in the grid's CRS (angles/headings converted to map)."""
-    raise NotImplementedError
+    """Detections in the contract's schema, in the grid's CRS (angles/headings converted to map).
+
+    Lengths and angles go through the transform's linear part, so rotated grids are exact.
+    """
+    boxes = np.asarray(boxes_px, np.float64).reshape(-1, 5)
+    heads = np.asarray(headings_px, np.float64).reshape(-1)
+    georef = grid.crs is not None
+    m = _linear(grid.transform)
+    along = geometry.direction(boxes[:, 4], y_down=True) @ m.T * boxes[:, 2:3]
+    across = geometry.direction(boxes[:, 4] + 90.0, y_down=True) @ m.T * boxes[:, 3:4]
+    length, width = np.linalg.norm(along, axis=1), np.linalg.norm(across, axis=1)
+    long_axis = np.where((length >= width)[:, None], along, across)
+    cols = {
+        "class": pd.Series([str(c) for c in classes], dtype=object),
+        "score": pd.Series(np.asarray(scores, np.float64).reshape(-1), dtype=float),
+        "angle_deg": geometry.wrap_angle(geometry.vector_angle(long_axis, y_down=not georef)),
+        "heading_deg": heading_to_map(heads, grid.transform, georeferenced=georef),
+        "length_m": np.maximum(length, width),
+        "width_m": np.minimum(length, width),
+        "image": pd.Series([str(image)] * len(boxes), dtype=object),
+    }
+    polys = gpd.GeoSeries(boxes_to_polygons(boxes, grid.transform, heads), crs=grid.crs)
+    return gpd.GeoDataFrame(cols, geometry=polys, crs=grid.crs)[[*DETECTION_FIELDS, "geometry"]]
+
+
+def labels_frame(
+    boxes_px: np.ndarray,
+    classes: list[str],
+    headings_px: np.ndarray | None,
+    negatives_px: list,
+    grid: Grid,
+    image: str | None = None,
+) -> gpd.GeoDataFrame:
+    """A contract label table (positives, then negatives) in the grid's CRS from pixel shapes."""
+    boxes = np.asarray(boxes_px, np.float64).reshape(-1, 5)
+    heads = (
+        np.full(len(boxes), np.nan)
+        if headings_px is None
+        else np.asarray(headings_px, np.float64).reshape(-1)
+    )
+    h_map = heading_to_map(heads, grid.transform, georeferenced=grid.crs is not None)
+    pos = boxes_to_polygons(boxes, grid.transform, heads)
+    neg = list(_affine(np.asarray(list(negatives_px), dtype=object), grid.transform))
+    n_pos, n_neg = len(pos), len(neg)
+    df = pd.DataFrame(
+        {
+            "label": ["positive"] * n_pos + ["negative"] * n_neg,
+            "class": [str(c) for c in classes] + [None] * n_neg,
+            "image": [image] * (n_pos + n_neg),
+            "heading_deg": np.concatenate([h_map, np.full(n_neg, np.nan)]),
+        }
+    )
+    return gpd.GeoDataFrame(df, geometry=gpd.GeoSeries(pos + neg, crs=grid.crs), crs=grid.crs)
