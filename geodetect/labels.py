@@ -18,7 +18,7 @@ import pandas as pd
 import pyogrio
 import shapely
 from affine import Affine
-from pyproj import CRS
+from pyproj import CRS, Transformer
 from shapely.geometry.base import BaseGeometry
 
 from geodetect import geometry
@@ -159,11 +159,22 @@ def quad_corners(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _rectangle_mask(geoms: np.ndarray, crs: CRS | None) -> np.ndarray:
-    """Which geometries are rectangles on the ground (geographic CRSs checked in local UTM)."""
+    """Which geometries are rectangles on the ground.
+
+    Degrees are not square (a rotated rectangle is a parallelogram in lon/lat), so geographic
+    coordinates are checked in a transverse Mercator centred on the data: conformal, so small
+    rectangles stay rectangles anywhere on Earth.
+    """
     corners, ok = quad_corners(geoms)
     if crs is not None and crs.is_geographic and ok.any():
-        utm = gpd.GeoSeries(shapely.polygons(corners[ok]), crs=crs)
-        corners[ok], _ = quad_corners(utm.to_crs(utm.estimate_utm_crs()).to_numpy())
+        lon, lat = corners[ok][..., 0], corners[ok][..., 1]
+        if np.abs(lon).max() <= 360 and np.abs(lat).max() <= 90:  # else not degrees: as is
+            local = CRS.from_proj4(
+                f"+proj=tmerc +lon_0={np.median(lon):.6f} +lat_0={np.median(lat):.6f} +units=m"
+            )
+            to_local = Transformer.from_crs(crs, local, always_xy=True)
+            x, y = to_local.transform(lon, lat)
+            corners[ok] = np.stack([x, y], axis=-1)
     ok[ok] = geometry.is_rectangle(corners[ok], RECT_RTOL)
     return ok
 

@@ -1,0 +1,414 @@
+"""Label and detection files: schema validation, CRS, pixel <-> map boxes, atomic writes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import shapely
+from affine import Affine
+from pyproj import CRS
+from shapely.geometry import MultiPolygon, Polygon, box
+
+from geodetect import geometry
+from geodetect import labels as L
+from geodetect.errors import CRSError, InputError, LabelError
+from geodetect.raster import Grid
+
+UTM = CRS.from_epsg(32633)
+
+
+def _north_up(res: float = 0.5) -> Affine:
+    return Affine(res, 0.0, 500_000.0, 0.0, -res, 5_320_000.0)  # near 48 N, 15 E
+
+
+def _rotated(deg: float = 30.0, res: float = 0.5) -> Affine:
+    return (
+        Affine.translation(500_000.0, 5_320_000.0) * Affine.rotation(deg) * Affine.scale(res, -res)
+    )
+
+
+TRANSFORMS = {"north_up": _north_up(), "rotated": _rotated(), "rotated_neg": _rotated(-71.0, 0.3)}
+
+
+def _boxes(n: int, size: int = 256, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    length = rng.uniform(4, 30, n)
+    width = length * rng.uniform(0.2, 0.9, n)
+    angle = rng.uniform(0, 180, n)
+    edge = [0.0, 1e-9, 179.9999999, 90.0, 180.0 - 1e-12]  # the 0/180 wrap and the axes
+    angle[: len(edge)] = edge[:n]
+    xy = rng.uniform(20, size - 20, (n, 2))
+    return np.column_stack([xy, length, width, geometry.wrap_angle(angle)])
+
+
+def _same_boxes(a: np.ndarray, b: np.ndarray, tol: float) -> None:
+    np.testing.assert_allclose(a[:, :4], b[:, :4], atol=tol)
+    assert geometry.angle_difference(a[:, 4], b[:, 4]).max() < tol
+
+
+def _frame(**cols) -> gpd.GeoDataFrame:
+    geoms = cols.pop("geometry")
+    return gpd.GeoDataFrame(cols, geometry=geoms, crs=cols.pop("crs", UTM))
+
+
+# ------------------------------------------------------------------ pixel <-> map conversions
+
+
+@pytest.mark.parametrize("name", list(TRANSFORMS))
+def test_box_polygon_round_trip(name: str) -> None:
+    t = TRANSFORMS[name]
+    boxes = _boxes(300)
+    heads = geometry.wrap_heading(boxes[:, 4] + 180.0 * (np.arange(300) % 2))
+    polys = L.boxes_to_polygons(boxes, t, heads)
+    back, implied = L.polygons_to_boxes(polys, t)
+    _same_boxes(back, boxes, 1e-6)
+    assert geometry.angle_difference(implied, heads, 360.0).max() < 1e-6
+    # the polygon really sits where the transform puts the pixel centre
+    centre = np.array(t * (boxes[0, 0], boxes[0, 1]))
+    np.testing.assert_allclose(np.array(polys[0].centroid.coords[0]), centre, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(TRANSFORMS))
+def test_heading_frame_conversion(name: str) -> None:
+    t = TRANSFORMS[name]
+    h = np.array([0.0, 10.0, 90.0, 179.0, 270.0, 359.9, np.nan])
+    there = L.heading_to_map(h, t)
+    back = L.heading_to_pixel(there, t)
+    assert geometry.angle_difference(back[:-1], h[:-1], 360.0).max() < 1e-9
+    assert np.isnan(there[-1])
+    # against the geometry itself: the map direction of a pixel step along h
+    p0, p1 = (
+        np.array(t * (10.0, 10.0)),
+        np.array(t * tuple(np.array([10.0, 10.0]) + geometry.direction(h[1]))),
+    )
+    assert geometry.vector_angle(p1 - p0, y_down=False) == pytest.approx(there[1])
+
+
+def test_north_up_angles_equal_and_rotated_shift() -> None:
+    h = np.array([0.0, 45.0, 300.0])
+    np.testing.assert_allclose(L.heading_to_map(h, _north_up()), h, atol=1e-12)
+    # a grid turned 30 degrees counter-clockwise: pixel north points to map 330
+    np.testing.assert_allclose(L.heading_to_map(h, _rotated(30.0)), [330.0, 15.0, 270.0], atol=1e-9)
+    # no CRS: the map frame is the pixel frame (identity transform, y down)
+    np.testing.assert_allclose(L.heading_to_map(h, Affine.identity(), georeferenced=False), h)
+
+
+@pytest.mark.parametrize("name", list(TRANSFORMS))
+def test_detections_frame_schema_and_map_angles(name: str) -> None:
+    t = TRANSFORMS[name]
+    grid = Grid(UTM, t, 256, 256)
+    boxes = _boxes(20, seed=5)
+    heads = geometry.wrap_heading(boxes[:, 4] + 180.0 * (np.arange(20) % 2))
+    heads[::3] = np.nan  # classes without a front
+    classes = ["vehicle"] * 20
+    det = L.detections_frame(boxes, np.linspace(0.1, 1, 20), classes, heads, grid, "a.tif")
+    assert list(det.columns) == [*L.DETECTION_FIELDS, "geometry"]
+    assert det.crs == UTM and (det["image"] == "a.tif").all()
+    res = 0.3 if name == "rotated_neg" else 0.5
+    np.testing.assert_allclose(det["length_m"], boxes[:, 2] * res, rtol=1e-9)
+    np.testing.assert_allclose(det["width_m"], boxes[:, 3] * res, rtol=1e-9)
+    assert det["heading_deg"].isna().sum() == 7
+    # map-frame fields agree with the written polygons, measured independently
+    corners, ok = L.quad_corners(det.geometry.to_numpy())
+    assert ok.all()
+    mb, implied = geometry.boxes_from_corners(corners, y_down=False)
+    assert geometry.angle_difference(det["angle_deg"], mb[:, 4]).max() < 1e-6
+    front = det["heading_deg"].notna().to_numpy()
+    assert geometry.angle_difference(det["heading_deg"][front], implied[front], 360).max() < 1e-6
+    a = det["angle_deg"].to_numpy()
+    assert ((a >= 0) & (a < 180)).all()
+
+
+def test_detections_frame_empty_and_pixel_grid(tmp_path: Path) -> None:
+    grid = Grid(None, Affine.identity(), 64, 64)
+    empty = L.detections_frame(np.zeros((0, 5)), np.zeros(0), [], np.zeros(0), grid, "a.png")
+    assert len(empty) == 0 and list(empty.columns) == [*L.DETECTION_FIELDS, "geometry"]
+    L.write_vector(empty, tmp_path / "d.gpkg")
+    assert len(L.read_vector(tmp_path / "d.gpkg")) == 0
+    b = np.array([[10.0, 20.0, 8.0, 2.0, 60.0]])
+    det = L.detections_frame(b, [0.9], ["car"], np.array([240.0]), grid, "a.png")
+    assert det.crs is None
+    assert det["angle_deg"].iloc[0] == pytest.approx(60.0)
+    assert det["heading_deg"].iloc[0] == pytest.approx(240.0)
+    assert det.geometry.iloc[0].centroid.coords[0] == pytest.approx((10.0, 20.0))
+
+
+# ----------------------------------------------------------------------------- file formats
+
+
+def _labels(grid: Grid, n: int = 12, image: str | None = None) -> tuple[gpd.GeoDataFrame, dict]:
+    boxes = _boxes(n, seed=7)
+    heads = np.where(np.arange(n) % 2 == 0, geometry.wrap_heading(boxes[:, 4] + 180.0), np.nan)
+    classes = ["vehicle" if i % 2 == 0 else "building" for i in range(n)]
+    hole = box(100, 100, 200, 200).difference(box(120, 120, 140, 140))
+    negs = [hole, MultiPolygon([box(0, 0, 10, 10), box(30, 30, 40, 40)])]
+    gdf = L.labels_frame(boxes, classes, heads, negs, grid, image)
+    return gdf, {"boxes": boxes, "heads": heads, "classes": classes, "negs": negs}
+
+
+@pytest.mark.parametrize("ext", ["gpkg", "geojson", "shp"])
+@pytest.mark.parametrize("name", ["north_up", "rotated"])
+def test_write_read_round_trip(tmp_path: Path, ext: str, name: str) -> None:
+    grid = Grid(UTM, TRANSFORMS[name], 256, 256)
+    gdf, truth = _labels(grid)
+    out = L.write_vector(gdf, tmp_path / f"labels.{ext}")
+    assert out == tmp_path / f"labels.{ext}"
+    back = L.read_labels(out)
+    assert back.crs.equals(UTM)
+    assert list(back["label"]) == list(gdf["label"])
+    scene = L.labels_for_grid(back, grid, "scene.tif")
+    _same_boxes(scene.boxes, truth["boxes"], 1e-6)
+    assert scene.classes == truth["classes"]
+    np.testing.assert_allclose(scene.headings, truth["heads"], atol=1e-6)  # NaN where NaN
+    assert len(scene.negatives) == 2 and len(scene.negatives[0].interiors) == 1
+    for got, want in zip(scene.negatives, truth["negs"], strict=True):
+        assert got.symmetric_difference(want).area < 1e-6
+    assert scene.feature_ids == list(range(12))
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+    if ext == "shp":
+        assert {p.suffix for p in tmp_path.iterdir()} >= {".shp", ".shx", ".dbf", ".prj"}
+
+
+def test_shapefile_overwrite_drops_stale_sidecar(tmp_path: Path) -> None:
+    gdf = _frame(label=["negative"], geometry=[box(0, 0, 1, 1)])
+    L.write_vector(gdf, tmp_path / "x.shp")
+    assert (tmp_path / "x.prj").exists()
+    L.write_vector(gdf.set_crs(None, allow_override=True), tmp_path / "x.shp")
+    assert not (tmp_path / "x.prj").exists()  # an old .prj would give the new file a CRS
+    assert L.read_vector(tmp_path / "x.shp").crs is None
+
+
+def test_write_into_missing_folder_is_input_error(tmp_path: Path) -> None:
+    gdf = _frame(label=["negative"], geometry=[box(0, 0, 1, 1)])
+    with pytest.raises(InputError, match="does not exist"):
+        L.write_vector(gdf, tmp_path / "nope" / "labels.gpkg")
+    with pytest.raises(InputError, match="unknown vector format"):
+        L.write_vector(gdf, tmp_path / "labels.xyz")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("ext", ["gpkg", "shp"])
+def test_interrupted_write_keeps_previous_file(tmp_path: Path, monkeypatch, ext: str) -> None:
+    target = tmp_path / f"labels.{ext}"
+    first = _frame(label=["negative"], geometry=[box(0, 0, 1, 1)])
+    L.write_vector(first, target)
+    before = target.read_bytes()
+    real = L.pyogrio.write_dataframe
+
+    def write_then_die(*args, **kwargs):
+        real(*args, **kwargs)  # the temp file is complete ...
+        raise KeyboardInterrupt  # ... and the user hits Ctrl-C before the rename
+
+    monkeypatch.setattr(L.pyogrio, "write_dataframe", write_then_die)
+    second = _frame(label=["negative"] * 2, geometry=[box(0, 0, 2, 2), box(5, 5, 6, 6)])
+    with pytest.raises(KeyboardInterrupt):
+        L.write_vector(second, target)
+    assert target.read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("ext", ["gpkg", "shp"])
+def test_killed_writer_leaves_no_file(tmp_path: Path, ext: str) -> None:
+    """SIGKILL after the data is written but before the rename: nothing under the final name."""
+    target = tmp_path / f"labels.{ext}"
+    code = f"""
+import os, signal
+import geopandas as gpd
+from shapely.geometry import box
+from geodetect import labels as L
+real = L.pyogrio.write_dataframe
+def die(*a, **k):
+    real(*a, **k)
+    os.kill(os.getpid(), signal.SIGKILL)
+L.pyogrio.write_dataframe = die
+gdf = gpd.GeoDataFrame({{"label": ["negative"]}}, geometry=[box(0, 0, 1, 1)])
+L.write_vector(gdf, {str(target)!r})
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert proc.returncode == -9
+    assert not target.exists()
+    assert not target.with_suffix(".dbf").exists()
+
+
+# ------------------------------------------------------------------------------- validation
+
+
+def _write(tmp_path: Path, gdf: gpd.GeoDataFrame, name: str = "labels.gpkg") -> Path:
+    return L.write_vector(gdf, tmp_path / name)
+
+
+def test_non_rectangle_positive_names_the_feature(tmp_path: Path) -> None:
+    kite = Polygon([(0, 0), (4, 1), (5, 5), (1, 4)])
+    pentagon = Polygon([(0, 0), (2, 0), (3, 1), (2, 2), (0, 2)])
+    rect = box(10, 10, 14, 12)
+    for bad in (kite, pentagon, rect.difference(box(11, 10.5, 12, 11))):
+        gdf = _frame(
+            label=["positive", "negative", "positive", "positive"],
+            **{"class": ["car", None, "car", "car"]},
+            geometry=[rect, box(0, 0, 50, 50), rect, bad],
+        )
+        with pytest.raises(
+            LabelError, match=r"labels\.gpkg: feature 3 is not a 4-corner rectangle"
+        ):
+            L.read_labels(_write(tmp_path, gdf))
+
+
+def test_schema_errors_are_one_line(tmp_path: Path) -> None:
+    rect = box(0, 0, 4, 2)
+    cases = {
+        "label 'maybe'": _frame(
+            label=["positive", "maybe"], **{"class": ["a", "b"]}, geometry=[rect] * 2
+        ),
+        "feature 1 is a positive without a class": _frame(
+            label=["positive", "positive"], **{"class": ["a", None]}, geometry=[rect] * 2
+        ),
+        "no 'class' field": _frame(label=["positive"], geometry=[rect]),
+        "no 'label' field": _frame(kind=["positive"], geometry=[rect]),
+        "feature 0 is a LineString negative": _frame(
+            label=["negative"], geometry=[shapely.LineString([(0, 0), (1, 1)])]
+        ),
+        "feature 0 has heading_deg 'north'": _frame(
+            label=["positive"], **{"class": ["a"]}, heading_deg=["north"], geometry=[rect]
+        ),
+    }
+    for msg, gdf in cases.items():
+        with pytest.raises(LabelError, match=msg) as err:
+            L.read_labels(_write(tmp_path, gdf))
+        assert "\n" not in str(err.value)
+
+
+def test_unreadable_files(tmp_path: Path) -> None:
+    with pytest.raises(LabelError, match="no such file"):
+        L.read_labels(tmp_path / "missing.gpkg")
+    (tmp_path / "empty.gpkg").write_bytes(b"")
+    with pytest.raises(LabelError, match="empty file"):
+        L.read_labels(tmp_path / "empty.gpkg")
+    (tmp_path / "junk.gpkg").write_bytes(b"not a geopackage at all" * 100)
+    with pytest.raises(LabelError, match="not a readable vector file") as err:
+        L.read_labels(tmp_path / "junk.gpkg")
+    assert "\n" not in str(err.value)
+    none = _frame(label=[], geometry=gpd.GeoSeries([], crs=UTM))
+    with pytest.raises(LabelError, match="no features"):
+        L.read_labels(_write(tmp_path, none))
+
+
+def test_normalised_fields(tmp_path: Path) -> None:
+    """Case, single-part multipolygons (as QGIS writes) and headings out of range are fixed up."""
+    rect = box(0, 0, 4, 2)
+    gdf = _frame(
+        label=[" Positive", "NEGATIVE"],
+        **{"class": ["car", None]},
+        heading_deg=[-90.0, None],
+        geometry=[MultiPolygon([rect]), box(-5, -5, 10, 10)],
+    )
+    back = L.read_labels(_write(tmp_path, gdf))
+    assert list(back["label"]) == ["positive", "negative"]
+    assert back.geometry.iloc[0].geom_type == "Polygon"
+    assert back["heading_deg"].iloc[0] == pytest.approx(270.0)
+    assert np.isnan(back["heading_deg"].iloc[1])
+    with pytest.raises(LabelError, match="feature 0 is not a 4-corner rectangle"):
+        L.read_labels(
+            _write(
+                tmp_path,
+                _frame(
+                    label=["positive"],
+                    **{"class": ["a"]},
+                    geometry=[MultiPolygon([rect, box(9, 9, 10, 10)])],
+                ),
+            )
+        )
+
+
+# ------------------------------------------------------------------------------ scene grids
+
+
+def test_wgs84_labels_on_utm_grid_within_half_pixel(tmp_path: Path) -> None:
+    """RELIABILITY 7: labels stored in EPSG:4326 land on the UTM scene's pixels."""
+    grid = Grid(UTM, _north_up(0.3), 512, 512)
+    gdf, truth = _labels(grid, n=30)
+    wgs = gdf.to_crs(4326)
+    # rotated rectangles are parallelograms in degrees: validation must judge them on the ground
+    assert not geometry.is_rectangle(L.quad_corners(wgs.geometry.to_numpy())[0][:30], 0.05).all()
+    path = L.write_vector(wgs, tmp_path / "labels.geojson")
+    back = L.read_labels(path)
+    assert back.crs.to_epsg() == 4326
+    scene = L.labels_for_grid(back, grid, "scene.tif")
+    err = np.hypot(*(scene.boxes[:, :2] - truth["boxes"][:, :2]).T)
+    assert err.max() < 0.5
+    assert np.abs(scene.boxes[:, 2:4] - truth["boxes"][:, 2:4]).max() < 0.5
+    assert geometry.angle_difference(scene.boxes[:, 4], truth["boxes"][:, 4]).max() < 0.5
+    front = np.isfinite(truth["heads"])
+    assert geometry.angle_difference(scene.headings[front], truth["heads"][front], 360).max() < 0.5
+
+
+def test_labels_without_crs_on_georeferenced_grid(tmp_path: Path) -> None:
+    grid = Grid(UTM, _north_up(), 256, 256)
+    gdf, _ = _labels(grid)
+    path = _write(tmp_path, gdf.set_crs(None, allow_override=True))
+    back = L.read_labels(path)
+    assert back.crs is None
+    with pytest.raises(CRSError, match=r"labels\.gpkg has no CRS .*ogr2ogr -a_srs EPSG:32633"):
+        L.labels_for_grid(back, grid, "scene.tif")
+
+
+def test_georeferenced_labels_on_pixel_grid(tmp_path: Path) -> None:
+    grid = Grid(None, Affine.identity(), 256, 256)
+    gdf, _ = _labels(Grid(UTM, _north_up(), 256, 256))
+    with pytest.raises(CRSError, match="EPSG:32633 but scene.png has no CRS"):
+        L.labels_for_grid(L.read_labels(_write(tmp_path, gdf)), grid, "scene.png")
+
+
+@pytest.mark.parametrize("ext", ["gpkg", "geojson"])
+def test_pixel_labels_on_pixel_grid(tmp_path: Path, ext: str) -> None:
+    """No CRS anywhere: x = column, y = row; a GeoJSON without a crs member is fine too."""
+    grid = Grid(None, Affine.identity(), 256, 256)
+    gdf, truth = _labels(grid)
+    assert gdf.crs is None
+    # pixel frame: a heading of 90 points to +x, 0 to -row; the front edge is where it points
+    back = L.read_labels(L.write_vector(gdf, tmp_path / f"l.{ext}"))
+    scene = L.labels_for_grid(back, grid, "scene.png")
+    _same_boxes(scene.boxes, truth["boxes"], 1e-6)
+    np.testing.assert_allclose(scene.headings, truth["heads"], atol=1e-6)
+
+
+def test_image_field_filters_rows_by_file_name() -> None:
+    grid = Grid(UTM, _north_up(), 256, 256)
+    boxes = _boxes(4, seed=9)
+    gdf = L.labels_frame(boxes, ["car"] * 4, None, [], grid)
+    gdf["image"] = ["a.tif", r"C:\data\b.tif", None, "/mnt/x/a.tif"]
+    scene = L.labels_for_grid(gdf, grid, "/somewhere/else/a.tif")
+    assert scene.feature_ids == [0, 2, 3]
+    _same_boxes(scene.boxes, boxes[[0, 2, 3]], 1e-6)
+    assert L.labels_for_grid(gdf, grid, "b.tif").feature_ids == [1, 2]
+    assert L.labels_for_grid(gdf, grid).feature_ids == [0, 1, 2, 3]
+
+
+def test_only_features_on_the_grid_are_kept() -> None:
+    big = Grid(UTM, _north_up(), 512, 512)
+    boxes = np.array([[50.0, 50.0, 10, 4, 0], [300.0, 300.0, 10, 4, 0], [127.0, 60.0, 10, 4, 90]])
+    negs = [box(400, 400, 450, 450), box(0, 0, 20, 20)]
+    gdf = L.labels_frame(boxes, ["car"] * 3, None, negs, big)
+    small = Grid(UTM, _north_up(), 128, 128)  # same origin, a quarter of the area
+    scene = L.labels_for_grid(gdf, small, "s.tif")
+    assert scene.feature_ids == [0, 2]  # the one across the edge stays, whole
+    assert scene.boxes[1, 0] == pytest.approx(127.0)
+    assert len(scene.negatives) == 1 and scene.negatives[0].bounds == pytest.approx((0, 0, 20, 20))
+    # a window of the grid: pixel frame shifts with it
+    win = Grid(UTM, _north_up() * Affine.translation(100, 40), 64, 64)
+    moved = L.labels_for_grid(gdf, win, "s.tif")
+    assert moved.feature_ids == [2]
+    assert moved.boxes[0, :2] == pytest.approx([27.0, 20.0])
+
+
+def test_empty_scene_labels_shapes() -> None:
+    grid = Grid(UTM, _north_up(), 64, 64)
+    gdf = L.labels_frame(np.zeros((0, 5)), [], None, [box(0, 0, 10, 10)], grid)
+    scene = L.labels_for_grid(gdf, grid)
+    assert scene.boxes.shape == (0, 5) and scene.headings.shape == (0,) and scene.classes == []
+    assert len(scene.negatives) == 1
