@@ -1,0 +1,305 @@
+"""scaleout: Dask engines, killed tasks, resume after kill -9, shards, part files, errors.
+
+A fake task runner stands in for the detector here (fast and deterministic): each task emits
+a few oriented boxes inside its block of rows plus one box on the seam with the next block,
+which the next task emits too (slightly moved, other score) so the merge has duplicates to
+remove. The real detector runs through the same engine in the infer tests at the bottom.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from functools import partial
+from pathlib import Path
+
+import cloudpickle
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+import shapely
+
+from geodetect import scaleout
+from geodetect.errors import InputError
+from geodetect.manifest import Manifest, manifest_path, task_key
+from geodetect.merge import merge_detections
+from geodetect.scaleout import WorkItem, execute, parts_dir, shard_output
+
+# workers unpickle the runner: ship this module's functions by value (it is not importable
+# in the worker processes)
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+X0, Y0 = 500_000.0, 5_000_000.0
+BLOCK = 100.0  # metres of rows per task
+
+
+def _rect(cx: float, cy: float, length: float, width: float, angle: float) -> shapely.Polygon:
+    a = math.radians(angle)
+    u = np.array([math.sin(a), math.cos(a)]) * length / 2
+    v = np.array([math.cos(a), -math.sin(a)]) * width / 2
+    c = np.array([cx, cy])
+    return shapely.Polygon([c + u - v, c + u + v, c - u + v, c - u - v])
+
+
+def fake_detections(payload: dict) -> gpd.GeoDataFrame:
+    """Deterministic boxes of one task; logs the call (pid, task) to payload['log']."""
+    image, index = payload["image"], payload["index"]
+    if payload.get("log"):
+        with open(payload["log"], "a") as f:
+            f.write(f"{os.getpid()} {image} {index}\n")
+    rng = np.random.default_rng(1000 * int(image[5:-4]) + index)
+    top = Y0 - index * BLOCK
+    rows = []
+    for _ in range(3):
+        cx, cy = X0 + rng.uniform(10, 190), top - rng.uniform(10, 90)
+        rows.append(
+            ("vehicle", float(rng.uniform(0.4, 0.99)), (cx, cy, 4.5, 2.0, rng.uniform(0, 180)))
+        )
+    # the seam box with the previous block: emitted by both tasks
+    if index > 0:
+        rows.append(("vehicle", 0.61, (X0 + 50, top + 0.5, 4.5, 2.0, 33.0)))
+    if index < payload["n"] - 1:
+        rows.append(("vehicle", 0.6, (X0 + 50.1, top - BLOCK + 0.5, 4.5, 2.0, 33.5)))
+    gdf = gpd.GeoDataFrame(
+        {
+            "class": [r[0] for r in rows],
+            "score": [r[1] for r in rows],
+            "angle_deg": [r[2][4] for r in rows],
+            "heading_deg": [np.nan] * len(rows),
+            "length_m": [r[2][2] for r in rows],
+            "width_m": [r[2][3] for r in rows],
+            "image": [image] * len(rows),
+        },
+        geometry=[_rect(*r[2]) for r in rows],
+        crs="EPSG:32633",
+    )
+    gdf.attrs["valid_tiles"] = index + 1
+    return gdf
+
+
+def dying_detections(payload: dict) -> gpd.GeoDataFrame:
+    """Kills its worker process the first time it runs a task (flag file), then works."""
+    flag = Path(payload["flag_dir"]) / f"{payload['image']}.{payload['index']}"
+    if payload["index"] == 1 and not flag.exists():
+        flag.write_text("died once")
+        os._exit(1)
+    return fake_detections(payload)
+
+
+def failing_detections(payload: dict) -> gpd.GeoDataFrame:
+    if payload["index"] == 2:
+        raise InputError(f"{payload['image']}: unreadable block")
+    return fake_detections(payload)
+
+
+def _items(n_scenes: int = 2, n_tasks: int = 4, **extra) -> list[WorkItem]:
+    items = []
+    for s in range(n_scenes):
+        image = f"scene{s}.tif"
+        for i in range(n_tasks):
+            payload = {"image": image, "index": i, "n": n_tasks, **extra}
+            key = task_key(scene=image, index=i, params={"threshold": 0.3})
+            items.append(WorkItem(key, f"{image}\x00{i:06d}", payload, f"{image} [{i}]", 1e6))
+    return items
+
+
+MERGE = partial(merge_detections, nms_iou=0.3)
+
+
+def _features(path: Path) -> pd.DataFrame:
+    gdf = gpd.read_file(path)
+    return pd.DataFrame(
+        {
+            **{c: gdf[c] for c in ["class", "score", "angle_deg", "image"]},
+            "wkt": shapely.to_wkt(gdf.geometry.values, rounding_precision=6),
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "det.gpkg"
+    res = execute(_items(), fake_detections, out, MERGE)
+    assert res.ran == 8 and res.reused == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as c,
+    ):
+        yield c
+
+
+def test_reference_merges_seam_duplicates(reference):
+    f = _features(reference)
+    # 2 scenes x (4 tasks x 3 boxes + 3 seams, each seen twice and kept once)
+    assert len(f) == 2 * (4 * 3 + 3)
+    assert f["image"].value_counts().to_dict() == {"scene0.tif": 15, "scene1.tif": 15}
+    assert not parts_dir(reference).exists()  # parts and manifest cleaned after the merge
+    assert not manifest_path(reference).exists()
+
+
+def test_two_worker_cluster_equals_one_process(reference, client, tmp_path):
+    log = tmp_path / "calls.log"
+    out = tmp_path / "det.gpkg"
+    res = execute(_items(log=str(log)), fake_detections, out, MERGE, client=client)
+    assert res.ran == 8
+    pd.testing.assert_frame_equal(_features(out), _features(reference))
+    pids = {line.split()[0] for line in log.read_text().splitlines()}
+    assert os.getpid() not in {int(p) for p in pids}  # ran on the workers, not here
+    assert len(log.read_text().splitlines()) == 8
+
+
+def test_local_cluster_from_workers_option(reference, tmp_path):
+    out = tmp_path / "det.gpkg"
+    execute(_items(), fake_detections, out, MERGE, workers=2)
+    pd.testing.assert_frame_equal(_features(out), _features(reference))
+
+
+def test_task_that_kills_its_worker_is_retried(reference, client, tmp_path):
+    out = tmp_path / "det.gpkg"
+    items = _items(flag_dir=str(tmp_path))
+    res = execute(items, dying_detections, out, MERGE, client=client)
+    assert sorted(p.name for p in tmp_path.glob("scene*.tif.1")) == ["scene0.tif.1", "scene1.tif.1"]
+    assert res.ran == 8
+    pd.testing.assert_frame_equal(_features(out), _features(reference))
+
+
+def test_user_error_in_a_task_is_raised_not_retried(client, tmp_path):
+    out = tmp_path / "det.gpkg"
+    log = tmp_path / "calls.log"
+    with pytest.raises(InputError, match="unreadable block"):
+        execute(_items(log=str(log)), failing_detections, out, MERGE, client=client)
+    assert not out.exists()
+    calls = [line.split()[1:] for line in log.read_text().splitlines()]
+    assert len(calls) == len({tuple(c) for c in calls})  # nothing ran twice
+
+
+_KILLED_RUN = """
+import os, signal, sys
+sys.path.insert(0, {here!r})
+import test_scaleout as t
+from geodetect.scaleout import execute
+
+count = 0
+def runner(payload):
+    global count
+    count += 1
+    if count > {k}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return t.fake_detections(payload)
+
+execute(t._items(log={log!r}), runner, {out!r}, t.MERGE)
+"""
+
+
+def test_resume_after_kill9_redoes_only_the_rest(reference, tmp_path):
+    out, log = tmp_path / "det.gpkg", tmp_path / "calls.log"
+    script = _KILLED_RUN.format(here=str(Path(__file__).parent), k=3, log=str(log), out=str(out))
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True)
+    assert proc.returncode == -9, proc.stderr.decode()
+    assert not out.exists()
+    assert len(Manifest(manifest_path(out)).read()) == 3
+    assert len(list(parts_dir(out).glob("*.gpkg"))) == 3
+    before = log.read_text().splitlines()
+    res = execute(_items(log=str(log)), fake_detections, out, MERGE, resume=True)
+    assert (res.ran, res.reused) == (5, 3)
+    after = log.read_text().splitlines()[len(before) :]
+    first = {tuple(line.split()[1:]) for line in before[:3]}
+    assert not first & {tuple(line.split()[1:]) for line in after}  # done tasks not redone
+    pd.testing.assert_frame_equal(_features(out), _features(reference))  # no gaps, no dups
+
+
+def test_resume_ignores_a_cut_manifest_line_and_changed_params(tmp_path):
+    out = tmp_path / "det.gpkg"
+    items = _items(n_scenes=1)
+    execute(items, fake_detections, out, MERGE, keep_parts=True)
+    m = manifest_path(out)
+    text = m.read_text()
+    m.write_text(text[: len(text) - 20])  # last record cut by a kill mid-write
+    res = execute(items, fake_detections, out, MERGE, resume=True, keep_parts=True)
+    assert (res.ran, res.reused) == (1, 3)
+    # other parameters → other keys: nothing reused
+    changed = [
+        WorkItem(
+            task_key(scene=it.payload["image"], index=it.payload["index"], params={"t": 1}),
+            it.sort_key,
+            it.payload,
+            it.label,
+            it.pixels,
+        )
+        for it in items
+    ]
+    res = execute(changed, fake_detections, out, MERGE, resume=True)
+    assert (res.ran, res.reused) == (4, 0)
+
+
+def test_without_resume_everything_runs_again(tmp_path):
+    out = tmp_path / "det.gpkg"
+    execute(_items(n_scenes=1), fake_detections, out, MERGE, keep_parts=True)
+    res = execute(_items(n_scenes=1), fake_detections, out, MERGE)
+    assert (res.ran, res.reused) == (4, 0)
+
+
+def test_shards_are_disjoint_complete_and_merge_on_resume(reference, tmp_path):
+    out, log = tmp_path / "det.gpkg", tmp_path / "calls.log"
+    n = 3
+    ran = []
+    for i in range(1, n + 1):
+        items = _items(log=str(log))[::-1] if i == 2 else _items(log=str(log))  # order-free
+        res = execute(items, fake_detections, out, MERGE, shard=f"{i}/{n}")
+        ran.append(res.ran)
+        assert shard_output(out, (i, n)).exists()
+        assert manifest_path(out, (i, n)).exists()
+    assert not out.exists()
+    calls = [tuple(line.split()[1:]) for line in log.read_text().splitlines()]
+    assert len(calls) == 8 and len(set(calls)) == 8  # disjoint and complete
+    assert sorted(ran) == [2, 3, 3]
+    res = execute(_items(log=str(log)), fake_detections, out, MERGE, resume=True)
+    assert (res.ran, res.reused) == (0, 8)  # only merges
+    pd.testing.assert_frame_equal(_features(out), _features(reference))
+    assert not list(tmp_path.glob("*.manifest.json"))
+
+
+@pytest.mark.parametrize("spec", ["0/4", "5/4", "1/0", "a/b", "2"])
+def test_bad_shard_is_a_clean_error(spec, tmp_path):
+    with pytest.raises(InputError, match="--shard"):
+        execute(_items(), fake_detections, tmp_path / "d.gpkg", MERGE, shard=spec)
+
+
+def test_workers_and_scheduler_together_is_an_error(tmp_path):
+    with pytest.raises(InputError, match="either"):
+        execute(
+            _items(),
+            fake_detections,
+            tmp_path / "d.gpkg",
+            MERGE,
+            workers=2,
+            scheduler="tcp://127.0.0.1:1",
+        )
+
+
+def test_unreachable_scheduler_is_a_clean_error(tmp_path, monkeypatch):
+    from geodetect.errors import GeodetectError
+
+    monkeypatch.setattr(scaleout, "CONNECT_TIMEOUT", "2s")
+
+    with pytest.raises(GeodetectError, match="cannot connect"):
+        scaleout.execute(
+            _items(n_scenes=1, n_tasks=1),
+            fake_detections,
+            tmp_path / "d.gpkg",
+            MERGE,
+            scheduler="tcp://127.0.0.1:9",
+        )
