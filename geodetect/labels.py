@@ -5,10 +5,12 @@ Read with pyogrio/geopandas, written atomically by extension (.gpkg default, .ge
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
@@ -129,10 +131,17 @@ def validate_labels(gdf: gpd.GeoDataFrame, source: str = "labels") -> gpd.GeoDat
 def _check_classes(gdf: gpd.GeoDataFrame, pos: np.ndarray, source: str) -> None:
     if "class" not in gdf:
         raise LabelError(f"{source}: no 'class' field; positives need one (e.g. vehicle)")
-    cls = gdf["class"].map(lambda v: str(v).strip() if isinstance(v, str) else "").to_numpy()
+    cls = gdf["class"].map(_text).to_numpy()
     bad = pos & (cls == "")
     if bad.any():
         raise LabelError(f"{source}: feature {int(np.argmax(bad))} is a positive without a class")
+
+
+def _text(value: object) -> str:
+    """A field value as stripped text; '' for null (None, NaN)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    return str(value).strip()
 
 
 def _single_polygons(geoms: np.ndarray) -> np.ndarray:
@@ -233,14 +242,30 @@ def _driver(path: Path) -> str:
 
 
 def _to_file(gdf: gpd.GeoDataFrame, path: Path, driver: str, layer: str) -> None:
-    kwargs = {"layer": layer} if driver == "GPKG" else {}
+    kwargs = {} if driver == "ESRI Shapefile" else {"layer": layer}  # shapefiles: the file name
     try:
-        # keep Polygon positives Polygon beside MultiPolygon negatives (no promotion to multi)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _fixed_gpkg_date():
             warnings.simplefilter("ignore")  # "laundered field name": undone by read_vector
+            # keep Polygon positives Polygon beside MultiPolygon negatives (no promotion to multi)
             pyogrio.write_dataframe(gdf, path, driver=driver, promote_to_multi=False, **kwargs)
     except Exception as err:  # noqa: BLE001 - one line for the user, not a GDAL traceback
         raise LabelError(f"{path}: cannot write {driver} ({_one_line(err)})") from None
+
+
+@contextlib.contextmanager
+def _fixed_gpkg_date() -> Iterator[None]:
+    """GeoPackages stamp the write time; a fixed stamp keeps same-seed outputs byte-identical.
+
+    A user's own OGR_CURRENT_DATE wins.
+    """
+    if pyogrio.get_gdal_config_option("OGR_CURRENT_DATE") is not None:
+        yield
+        return
+    pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": "2000-01-01T00:00:00.000Z"})
+    try:
+        yield
+    finally:
+        pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": None})
 
 
 def _one_line(err: Exception) -> str:
@@ -296,7 +321,7 @@ def labels_for_grid(
         heads = heading_to_pixel(h_map, grid.transform, georeferenced=grid.crs is not None)
     return SceneLabels(
         boxes=boxes,
-        classes=[str(c).strip() for c in gdf["class"].to_numpy()[pos]] if pos.any() else [],
+        classes=[_text(c) for c in gdf["class"].to_numpy()[pos]] if pos.any() else [],
         headings=heads,
         negatives=list(geoms[neg]),
         feature_ids=[int(i) for i in gdf.index[pos]],

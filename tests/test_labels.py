@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import geopandas as gpd
@@ -412,3 +414,23 @@ def test_empty_scene_labels_shapes() -> None:
     scene = L.labels_for_grid(gdf, grid)
     assert scene.boxes.shape == (0, 5) and scene.headings.shape == (0,) and scene.classes == []
     assert len(scene.negatives) == 1
+
+
+@pytest.mark.parametrize("ext", ["gpkg", "geojson", "shp"])
+def test_same_table_gives_byte_identical_file(tmp_path: Path, ext: str) -> None:
+    """RELIABILITY 6: GeoPackages stamp the write time; ours do not vary between runs."""
+    grid = Grid(UTM, _north_up(), 256, 256)
+    gdf, _ = _labels(grid)
+    a = L.write_vector(gdf, tmp_path / f"a.{ext}").read_bytes()
+    os.utime(tmp_path / f"a.{ext}", (0, 0))
+    time.sleep(1.1)  # the stamp has a resolution of seconds
+    (tmp_path / "b").mkdir()
+    b = L.write_vector(gdf, tmp_path / "b" / f"a.{ext}").read_bytes()
+    assert a == b
+
+
+def test_numeric_class_values_are_names(tmp_path: Path) -> None:
+    rect = L.boxes_to_polygons(np.array([[10.0, 10.0, 8.0, 4.0, 0.0]]), _north_up())
+    gdf = _frame(label=["positive"], **{"class": [3]}, geometry=rect)
+    scene = L.labels_for_grid(L.read_labels(_write(tmp_path, gdf)), Grid(UTM, _north_up(), 64, 64))
+    assert scene.classes == ["3"]
