@@ -26,7 +26,7 @@ from geodetect.atomic import check_out_dir
 from geodetect.config import Config, InferConfig
 from geodetect.device import autocast, empty_cache, is_oom, pin_memory, resolve_device
 from geodetect.errors import GeodetectError, InputError, ModelError
-from geodetect.merge import empty_detections, merge_detections
+from geodetect.merge import empty_detections, merge_detections  # noqa: F401 - re-exported
 from geodetect.raster import Grid
 
 VECTOR_SUFFIXES = {".gpkg", ".geojson", ".json", ".shp", ".fgb"}
@@ -366,26 +366,46 @@ def infer(
     threshold: float | None = None,
     tta: bool | None = None,
     progress: bool = False,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    resume: bool = False,
+    shard: str | None = None,
 ) -> Path:
     """`geodetect infer`: detect objects over whole scenes into one detections file.
 
     None arguments take the model's saved InferConfig. Several scenes go into one file (in
     the first scene's CRS); every input is checked before any work, and the file appears only
-    when complete.
+    when complete. Tasks run through `geodetect.scaleout` (part files + resume manifest):
+    `workers` / `scheduler` pick a Dask engine, `resume` reuses finished tasks, `shard="i/N"`
+    runs one shard (see docs/scaleout.md).
     """
     out = check_out_dir(out)
     if out.suffix.lower() not in VECTOR_SUFFIXES:
         raise InputError(f"{out}: unknown vector format; use one of {sorted(VECTOR_SUFFIXES)}")
-    det = load_detector(model, device)
+    from geodetect.manifest import parse_shard
+    from geodetect.scaleout import run_inference
+
+    parse_shard(shard)  # a bad --shard fails before any work
+    remote = bool(workers or scheduler)  # the workers resolve `device`; here only the meta
+    det = load_detector(model, "cpu" if remote else device)
     settings = resolve_settings(
         det.meta, tile=tile, overlap=overlap, batch_size=batch_size, threshold=threshold, tta=tta
     )
     det.batch_size = settings.batch_size
     tasks = plan_tasks([str(i) for i in images], pointclouds, det.meta, settings)
-    frames = run_tasks(tasks, det, settings, progress)
-    _check_some_valid(tasks, frames)
-    crs = next((t.grid.crs for t in tasks), None)
-    return write_detections(merge_detections(frames, settings.nms_iou, crs=crs), out)
+    return run_inference(
+        tasks,
+        det,
+        settings,
+        model=model,
+        out=out,
+        device=device,
+        workers=workers,
+        scheduler=scheduler,
+        resume=resume,
+        shard=shard,
+        progress=progress,
+    )
 
 
 def _check_some_valid(tasks: list[Task], frames: list[gpd.GeoDataFrame]) -> None:

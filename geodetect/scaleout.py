@@ -15,6 +15,7 @@ writes files; workers need to read the scenes and the model at the same paths.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -28,11 +29,15 @@ from geodetect.errors import GeodetectError, InputError
 from geodetect.manifest import (
     Manifest,
     Record,
+    canonical_json,
+    file_sha256,
     finished,
     manifest_path,
     manifest_paths,
     parse_shard,
+    scene_checksum,
     shard_select,
+    task_key,
 )
 
 Runner = Callable[[Any], gpd.GeoDataFrame]
@@ -57,7 +62,7 @@ class WorkItem:
 class RunResult:
     """What `execute` did."""
 
-    out: Path | None  # the merged file (None when nothing was merged)
+    out: Path  # the merged file (the shard's file for a shard)
     frames: list[gpd.GeoDataFrame]  # per-task results, read back from the parts, items' order
     ran: int  # tasks run now
     reused: int  # tasks found finished in a manifest
@@ -301,3 +306,129 @@ def _progress(
         yield tick
     finally:
         bar.close()
+
+
+# ------------------------------------------------------------------------------ inference
+
+_DETECTORS: dict[tuple[str, str, str], Any] = {}  # per process: each worker loads a model once
+LOADS = {"count": 0}  # models loaded in this process (tests check "once per worker")
+
+
+def cached_detector(model: str, model_hash: str, device: str | None, batch_size: int) -> Any:
+    """The detector for a model file in this process, loaded on first use."""
+    from geodetect.infer import load_detector
+
+    key = (model, model_hash, str(device))
+    if key not in _DETECTORS:
+        det = load_detector(model, device)
+        det.batch_size = batch_size
+        _DETECTORS[key] = det
+        LOADS["count"] += 1
+    return _DETECTORS[key]
+
+
+def detect_task(
+    task: Any, *, model: str, model_hash: str, device: str | None, settings: Any
+) -> gpd.GeoDataFrame:
+    """Runner of one inference task (module level so workers can unpickle it)."""
+    from geodetect.infer import run_task
+
+    det = cached_detector(model, model_hash, device, settings.batch_size)
+    return run_task(task, det, settings)
+
+
+def infer_items(tasks: Sequence[Any], model_hash: str, settings: Any) -> list[WorkItem]:
+    """Work items of planned inference tasks, keyed for the resume manifest.
+
+    The key holds the model's sha256, the scene's (and point cloud's) checksum and file
+    name, the inference parameters except the batch size (a throughput knob that does not
+    change results) and the task's extent within its scene.
+    """
+    from dataclasses import asdict
+
+    params = {k: v for k, v in asdict(settings).items() if k != "batch_size"}
+    sums: dict[str, str] = {}
+
+    def checksum(path: str | None) -> str | None:
+        if path is None:
+            return None
+        if path not in sums:
+            sums[path] = scene_checksum(path)
+        return sums[path]
+
+    tiles: dict[str, int] = {}
+    for t in tasks:
+        tiles[t.image] = tiles.get(t.image, 0) + len(t.windows)
+    items = []
+    for t in tasks:
+        name = Path(t.image).name
+        extent = {"index": t.index, "n": t.n_tasks, "tile": t.tile, "windows": t.windows}
+        key = task_key(
+            model=model_hash,
+            scene=checksum(t.image),
+            scene_name=name,
+            cloud=checksum(t.pointcloud),
+            params=params,
+            extent=hashlib.sha256(canonical_json(extent).encode()).hexdigest(),
+        )
+        share = len(t.windows) / max(1, tiles[t.image])
+        items.append(
+            WorkItem(
+                key,
+                f"{Path(t.image).resolve()}\x00{t.index:08d}",
+                t,
+                f"{name} [{t.index + 1}/{t.n_tasks}]",
+                t.grid.width * t.grid.height * share,
+            )
+        )
+    return items
+
+
+def run_inference(
+    tasks: Sequence[Any],
+    det: Any,
+    settings: Any,
+    *,
+    model: str | Path,
+    out: str | Path,
+    device: str | None = "auto",
+    workers: int | None = None,
+    scheduler: str | None = None,
+    resume: bool = False,
+    shard: str | tuple[int, int] | None = None,
+    progress: bool = False,
+    client: Any = None,
+) -> Path:
+    """Run planned inference tasks through `execute` and write the merged detections.
+
+    In-process runs reuse `det` (already loaded); cluster workers load the model from the
+    same path once each. Returns the merged file (the shard's file for `shard`).
+    """
+    from functools import partial
+
+    from geodetect.infer import _check_some_valid
+    from geodetect.merge import merge_detections
+
+    model = str(Path(model).resolve())
+    model_hash = file_sha256(model)
+    local = client is None and not workers and not scheduler
+    if local:
+        _DETECTORS[(model, model_hash, str(device))] = det
+    runner = partial(
+        detect_task, model=model, model_hash=model_hash, device=device, settings=settings
+    )
+    crs = next((t.grid.crs for t in tasks), None)
+    result = execute(
+        infer_items(tasks, model_hash, settings),
+        runner,
+        out,
+        partial(merge_detections, nms_iou=settings.nms_iou, crs=crs),
+        workers=workers,
+        scheduler=scheduler,
+        client=client,
+        resume=resume,
+        shard=shard,
+        progress=progress,
+        check=lambda items, frames: _check_some_valid([it.payload for it in items], frames),
+    )
+    return result.out
