@@ -42,10 +42,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_infer(args: argparse.Namespace) -> int:
     from geodetect.infer import infer
+    from geodetect.scaleout import expand_images
 
     out = infer(
         model=args.model,
-        images=args.images,
+        images=expand_images(args.images, args.from_list),
         pointclouds=args.pointcloud,
         out=args.out,
         device=args.device,
@@ -55,6 +56,10 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         tta=args.tta,
         progress=_progress_enabled(args),
+        workers=args.workers,
+        scheduler=args.scheduler,
+        resume=args.resume,
+        shard=args.shard,
     )
     print(out)
     return 0
@@ -135,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("infer", "detect objects over whole scenes")
     p.add_argument("model", metavar="MODEL")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="scene files or glob patterns")
     p.add_argument("--pointcloud", nargs="+", metavar="LAS", help="one per IMAGE, same order")
     p.add_argument("--out", default="detections.gpkg", metavar="PATH")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
@@ -144,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, metavar="N")
     p.add_argument("--threshold", type=float, metavar="F")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None)
+    # scale-out (docs/scaleout.md)
+    p.add_argument("--from-list", metavar="FILE", help="more scenes, one path per line")
+    p.add_argument("--workers", type=int, metavar="N", help="run tasks on a local Dask cluster")
+    p.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="an existing Dask scheduler")
+    p.add_argument("--resume", action="store_true", help="redo only unfinished tasks")
+    p.add_argument("--shard", metavar="i/N", help="run shard i of N (1-based)")
     p.set_defaults(func=_cmd_infer)
 
     p = add("samples", "write the normalised chips the trainer sees, plus an index CSV")

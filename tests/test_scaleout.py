@@ -303,3 +303,22 @@ def test_unreachable_scheduler_is_a_clean_error(tmp_path, monkeypatch):
             MERGE,
             scheduler="tcp://127.0.0.1:9",
         )
+
+
+def test_expand_images_globs_lists_and_errors(tmp_path, monkeypatch):
+    from geodetect.scaleout import expand_images
+
+    for name in ["a.tif", "b.tif", "c.png"]:
+        (tmp_path / name).write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    lst = tmp_path / "scenes.txt"
+    lst.write_text("# county\nc.png\n\n  a.tif  \n")
+    assert expand_images(["*.tif"]) == ["a.tif", "b.tif"]
+    assert expand_images(["b.tif", "*.tif"], lst) == ["b.tif", "a.tif", "c.png"]
+    assert expand_images(["missing.tif"]) == ["missing.tif"]  # the raster reader reports it
+    with pytest.raises(InputError, match="no file matches"):
+        expand_images(["*.jp2"])
+    with pytest.raises(InputError, match="--from-list"):
+        expand_images([], tmp_path / "nope.txt")
+    with pytest.raises(InputError, match="no scenes"):
+        expand_images([])
