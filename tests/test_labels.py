@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import shapely
 from affine import Affine
-from pyproj import CRS
+from rasterio.crs import CRS
 from shapely.geometry import MultiPolygon, Polygon, box
 
 from geodetect import geometry
