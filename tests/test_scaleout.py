@@ -322,3 +322,127 @@ def test_expand_images_globs_lists_and_errors(tmp_path, monkeypatch):
         expand_images([], tmp_path / "nope.txt")
     with pytest.raises(InputError, match="no scenes"):
         expand_images([])
+
+
+# ------------------------------------------------------------------ the real detector
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    from geodetect.data import make_sample_data
+
+    root = tmp_path_factory.mktemp("scaleout_scenes")
+    return [
+        make_sample_data(root / f"s{i}", size=256, seed=40 + i, cloud=False, name=f"s{i}")
+        for i in range(3)
+    ]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(scenes, tmp_path_factory):
+    """A barely trained model: enough for detections at a low threshold, in seconds."""
+    pytest.importorskip("geodetect.model")
+    train = pytest.importorskip("geodetect.train").train
+    from geodetect.config import load_config
+
+    config = load_config(
+        None,
+        {
+            "train.epochs": 1,
+            "train.chips_per_epoch": 16,
+            "train.batch_size": 8,
+            "model.width": 8,
+            "infer.tile": 128,
+            "infer.overlap": 32,
+            "infer.threshold": 0.05,
+        },
+    )
+    out = tmp_path_factory.mktemp("scaleout_model")
+    return train(
+        images=[str(scenes[0].image)],
+        labels=str(scenes[0].labels),
+        pointclouds=None,
+        config=config,
+        out_dir=str(out),
+        device="cpu",
+        seed=0,
+        resume=False,
+        progress=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def one_process(tiny_model, scenes, tmp_path_factory) -> Path:
+    from geodetect.infer import infer
+
+    out = tmp_path_factory.mktemp("scaleout_one") / "det.gpkg"
+    infer(tiny_model, [s.image for s in scenes], out=out, device="cpu")
+    assert len(gpd.read_file(out)) > 0  # equality below must compare something
+    return out
+
+
+def test_infer_on_two_workers_equals_one_process(tiny_model, scenes, one_process, tmp_path):
+    from geodetect.cli import main
+
+    out = tmp_path / "det.gpkg"
+    pattern = str(Path(scenes[0].image).parent.parent / "s*" / "*.tif")
+    assert main(["infer", str(tiny_model), pattern, "--workers", "2", "--out", str(out)]) == 0
+    pd.testing.assert_frame_equal(_features(out), _features(one_process))
+    assert not parts_dir(out).exists()
+
+
+def test_each_worker_loads_the_model_once(tiny_model, scenes, client, tmp_path):
+    from geodetect import infer as inf
+
+    det = inf.load_detector(tiny_model, "cpu")
+    settings = inf.resolve_settings(det.meta)
+    tasks = inf.plan_tasks([s.image for s in scenes] * 1, None, det.meta, settings)
+    client.run(lambda: scaleout.LOADS.update(count=0))
+    scaleout.run_inference(
+        tasks,
+        det,
+        settings,
+        model=tiny_model,
+        out=tmp_path / "d.gpkg",
+        device="cpu",
+        client=client,
+    )
+    loads = client.run(lambda: scaleout.LOADS["count"])
+    assert sorted(loads.values()) in ([0, 1], [1, 1])  # at most once per worker process
+
+
+def test_shards_then_resume_equal_one_process(tiny_model, scenes, one_process, tmp_path):
+    from geodetect.infer import infer
+
+    out = tmp_path / "det.gpkg"
+    images = [s.image for s in scenes]
+    first = infer(tiny_model, images, out=out, device="cpu", shard="1/2")
+    assert first.name == "det.shard-1-of-2.gpkg" and not out.exists()
+    n_parts = len(list(parts_dir(out).glob("*.gpkg")))
+    assert n_parts == 2  # 3 scenes, one task each, round-robin
+    infer(tiny_model, images, out=out, device="cpu", resume=True)
+    pd.testing.assert_frame_equal(_features(out), _features(one_process))
+
+
+def test_inference_keys_follow_model_scene_and_params(tiny_model, scenes, tmp_path):
+    import dataclasses
+    import shutil
+
+    from geodetect import infer as inf
+    from geodetect.manifest import file_sha256
+
+    det = inf.load_detector(tiny_model, "cpu")
+    settings = inf.resolve_settings(det.meta)
+    scene = tmp_path / "scene.tif"
+    shutil.copy(scenes[1].image, scene)
+    tasks = inf.plan_tasks([str(scene)], None, det.meta, settings)
+    h = file_sha256(tiny_model)
+    keys = [it.key for it in scaleout.infer_items(tasks, h, settings)]
+    assert [it.key for it in scaleout.infer_items(tasks, h, settings)] == keys
+    faster = dataclasses.replace(settings, batch_size=settings.batch_size + 3)
+    assert [it.key for it in scaleout.infer_items(tasks, h, faster)] == keys
+    other = dataclasses.replace(settings, threshold=settings.threshold + 0.1)
+    assert not set(it.key for it in scaleout.infer_items(tasks, h, other)) & set(keys)
+    assert not set(it.key for it in scaleout.infer_items(tasks, "0" * 64, settings)) & set(keys)
+    os.utime(scene, ns=(0, 10**18))  # the scene changed on disk
+    assert not set(it.key for it in scaleout.infer_items(tasks, h, settings)) & set(keys)
