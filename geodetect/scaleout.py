@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -120,11 +122,11 @@ def execute(
     todo = [it for it in chosen if it.key not in done]
     folder.mkdir(exist_ok=True)
     with _progress(chosen, done, progress) as bar:
-        for item, frame in _results(todo, runner, workers, scheduler, client, retries):
+        for item, frame in _results(todo, runner, workers, scheduler, client, retries, bar):
             rec = _write_part(folder, item, frame)
             manifest.append(rec)
             done[item.key] = rec
-            bar(item)
+            bar.finish(item)
     frames = [_read_part(folder, done[it.key]) for it in chosen]
     if check:
         check(chosen, frames)
@@ -144,6 +146,7 @@ def _results(
     scheduler: str | None,
     client: Any,
     retries: int,
+    bar: _Bar,
 ) -> Iterator[tuple[WorkItem, gpd.GeoDataFrame]]:
     """(item, frame) as tasks finish, from the chosen engine."""
     if not todo:
@@ -153,8 +156,10 @@ def _results(
     if workers is not None and workers < 0:
         raise InputError(f"--workers {workers}: give a number of worker processes (1 or more)")
     if client is None and not workers and not scheduler:
+        steps = _accepts_progress(runner)  # in-process: progress within a task too
         for item in todo:
-            yield item, _unwrap(item, run_guarded(runner, item.payload))
+            kw = {"on_progress": partial(bar.advance, item)} if steps else {}
+            yield item, _unwrap(item, run_guarded(runner, item.payload, **kw))
         return
     with _client(workers, scheduler, client) as c:
         yield from _dask_results(c, todo, runner, retries)
@@ -216,10 +221,10 @@ def _dask_results(
         client.cancel(list(futures))
 
 
-def run_guarded(runner: Runner, payload: Any) -> Any:
+def run_guarded(runner: Runner, payload: Any, **kwargs: Any) -> Any:
     """Run one task; a user error comes back as a value so Dask does not retry it."""
     try:
-        return runner(payload)
+        return runner(payload, **kwargs)
     except GeodetectError as exc:
         return _Failure(exc)
 
@@ -275,37 +280,52 @@ def cleanup(out: str | Path) -> None:
 # ------------------------------------------------------------------------------ progress
 
 
-@contextlib.contextmanager
-def _progress(
-    items: list[WorkItem], done: dict[str, Record], enabled: bool
-) -> Iterator[Callable[[WorkItem], None]]:
+class _Bar:
     """A bar in scene megapixels (rate in Mpx/s, ETA) with tasks done as a postfix."""
-    from tqdm import tqdm
 
-    total = sum(it.pixels for it in items) / 1e6
-    start = sum(it.pixels for it in items if it.key in done) / 1e6
-    n_done = sum(1 for it in items if it.key in done)
-    bar = tqdm(
-        total=total,
-        initial=start,
-        unit="Mpx",
-        desc="infer",
-        disable=not enabled,
-        bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} Mpx [{elapsed}<{remaining}, "
-        "{rate_fmt}{postfix}]",
-    )
-    bar.set_postfix_str(f"tasks {n_done}/{len(items)}")
+    def __init__(self, items: list[WorkItem], done: dict[str, Record], enabled: bool) -> None:
+        from tqdm import tqdm
 
-    def tick(item: WorkItem) -> None:
-        nonlocal n_done
-        n_done += 1
-        bar.update(item.pixels / 1e6)
-        bar.set_postfix_str(f"tasks {n_done}/{len(items)}")
+        self.n_items = len(items)
+        self.n_done = sum(1 for it in items if it.key in done)
+        self.shown: dict[str, float] = {}  # Mpx already shown for running tasks
+        self.tqdm = tqdm(
+            total=sum(it.pixels for it in items) / 1e6,
+            initial=sum(it.pixels for it in items if it.key in done) / 1e6,
+            unit="Mpx",
+            desc="infer",
+            disable=not enabled,
+            bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} Mpx [{elapsed}<{remaining}, "
+            "{rate_fmt}{postfix}]",
+        )
+        self.tqdm.set_postfix_str(f"tasks {self.n_done}/{self.n_items}")
 
+    def advance(self, item: WorkItem, fraction: float) -> None:
+        """Part of a running task done (fraction of the task)."""
+        step = min(fraction * item.pixels / 1e6, item.pixels / 1e6 - self.shown.get(item.key, 0))
+        self.shown[item.key] = self.shown.get(item.key, 0.0) + step
+        self.tqdm.update(step)
+
+    def finish(self, item: WorkItem) -> None:
+        self.n_done += 1
+        self.tqdm.update(item.pixels / 1e6 - self.shown.pop(item.key, 0.0))
+        self.tqdm.set_postfix_str(f"tasks {self.n_done}/{self.n_items}")
+
+
+@contextlib.contextmanager
+def _progress(items: list[WorkItem], done: dict[str, Record], enabled: bool) -> Iterator[_Bar]:
+    bar = _Bar(items, done, enabled)
     try:
-        yield tick
+        yield bar
     finally:
-        bar.close()
+        bar.tqdm.close()
+
+
+def _accepts_progress(runner: Runner) -> bool:
+    try:
+        return "on_progress" in inspect.signature(runner).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 # ------------------------------------------------------------------------------ inference
@@ -328,13 +348,21 @@ def cached_detector(model: str, model_hash: str, device: str | None, batch_size:
 
 
 def detect_task(
-    task: Any, *, model: str, model_hash: str, device: str | None, settings: Any
+    task: Any,
+    *,
+    model: str,
+    model_hash: str,
+    device: str | None,
+    settings: Any,
+    on_progress: Callable[[float], None] | None = None,
 ) -> gpd.GeoDataFrame:
     """Runner of one inference task (module level so workers can unpickle it)."""
     from geodetect.infer import run_task
 
     det = cached_detector(model, model_hash, device, settings.batch_size)
-    return run_task(task, det, settings)
+    n = max(1, len(task.windows))
+    on_tile = (lambda: on_progress(1 / n)) if on_progress else None
+    return run_task(task, det, settings, on_tile=on_tile)
 
 
 def infer_items(tasks: Sequence[Any], model_hash: str, settings: Any) -> list[WorkItem]:
@@ -404,8 +432,6 @@ def run_inference(
     In-process runs reuse `det` (already loaded); cluster workers load the model from the
     same path once each. Returns the merged file (the shard's file for `shard`).
     """
-    from functools import partial
-
     from geodetect.infer import _check_some_valid
     from geodetect.merge import merge_detections
 

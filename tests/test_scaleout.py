@@ -324,6 +324,21 @@ def test_expand_images_globs_lists_and_errors(tmp_path, monkeypatch):
         expand_images([])
 
 
+def test_in_process_runner_reports_progress_within_tasks(tmp_path, capsys):
+    seen = []
+
+    def runner(payload, on_progress=None):
+        for _ in range(4):
+            on_progress(0.25)
+            seen.append(payload["index"])
+        return fake_detections(payload)
+
+    execute(_items(n_scenes=1), runner, tmp_path / "d.gpkg", MERGE, progress=True)
+    assert seen == [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4
+    err = capsys.readouterr().err
+    assert "4.0/4.0 Mpx" in err and "tasks 4/4" in err and "Mpx/s" in err
+
+
 # ------------------------------------------------------------------ the real detector
 
 
