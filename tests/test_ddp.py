@@ -11,6 +11,7 @@ import torch
 import torch.multiprocessing as mp
 
 from geodetect import ddp
+from geodetect.config import load_config
 
 torch.set_num_threads(1)
 
@@ -94,3 +95,66 @@ def test_too_many_ranks_for_the_gpus_is_a_clean_error():
     n = torch.cuda.device_count()
     with pytest.raises(DeviceError, match="--nproc-per-node"):
         ddp.rank_device(torch.device("cuda"), n)
+
+
+# ------------------------------------------------------------------ geodetect train on 2 ranks
+
+
+def _train_worker(rank: int, world: int, port: int, data: tuple, out: str, log: str) -> None:
+    torchrun_env(rank, world, port)
+    torch.set_num_threads(1)
+    from geodetect.train import train
+
+    wrapped = []
+    plain_wrap = ddp.wrap_model
+
+    def spy(net, device, **kw):
+        res = plain_wrap(net, device, **kw)
+        wrapped.append(type(res).__name__)
+        return res
+
+    ddp.wrap_model = spy  # train calls ddp.wrap_model: record that it got a DDP module
+    config = load_config(
+        None,
+        {
+            "train.epochs": 3,
+            "train.chips_per_epoch": 48,
+            "train.batch_size": 8,
+            "model.width": 16,
+            "infer.tile": 256,
+            "infer.overlap": 112,
+        },
+    )
+    image, labels = data
+    train(
+        images=[image],
+        labels=labels,
+        pointclouds=None,
+        config=config,
+        out_dir=out,
+        device="cpu",
+        seed=0,
+        resume=False,
+        progress=False,
+    )
+    with open(log, "a") as f:
+        f.write(f"{rank} {','.join(wrapped)}\n")
+
+
+@pytest.mark.slow
+def test_two_rank_gloo_training_gives_a_model_that_detects(sample_small, tmp_path):
+    pytest.importorskip("geodetect.train")
+    from geodetect.evaluate import evaluate
+    from geodetect.infer import infer
+
+    out, log = tmp_path / "run", tmp_path / "ranks.log"
+    data = (str(sample_small.image), str(sample_small.labels))
+    mp.spawn(_train_worker, args=(2, free_port(), data, str(out), str(log)), nprocs=2, join=True)
+    ranks = dict(line.split() for line in log.read_text().splitlines())
+    assert ranks == {"0": "DistributedDataParallel", "1": "DistributedDataParallel"}
+    assert (out / "model.pt").is_file() and (out / "metrics.json").is_file()
+    det = tmp_path / "det.gpkg"
+    infer(out / "model.pt", [sample_small.image], out=det, device="cpu", threshold=0.2)
+    metrics = evaluate(pred=det, truth=sample_small.truth, iou=0.3)
+    recall = max(c["recall"] or 0 for c in metrics["classes"].values())
+    assert recall > 0.2, metrics  # it detects: some class is found at least in part
