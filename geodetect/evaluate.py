@@ -7,16 +7,22 @@ AP is the VOC all-point interpolated area under the precision/recall curve.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import geopandas as gpd
 import numpy as np
+import pandas as pd
 import shapely
+from pyproj import Transformer
 
 from geodetect import geometry
 from geodetect.errors import CRSError, InputError, LabelError
 
 HEADING_TOLERANCE_DEG = 45.0
+Source = str | Path | gpd.GeoDataFrame  # a vector file or a table already in memory
 
 
 def _aabb(boxes: np.ndarray) -> np.ndarray:
@@ -193,14 +199,24 @@ def _metrics(
     }
 
 
-def _boxes_of(gdf: Any, path: Path) -> np.ndarray:
-    """Boxes (N, 5) in a y-down frame (see merge.polygon_boxes); LabelError for non-rectangles."""
-    from geodetect.merge import polygon_boxes
+def _boxes_of(gdf: Any, path: str) -> np.ndarray:
+    """Boxes (N, 5) in a y-down frame (map y mirrored, as merge.polygon_boxes does).
 
+    Rectangles are checked to labels.RECT_RTOL, the tolerance the label reader accepts: a
+    hand-drawn truth rectangle that trains must also evaluate. LabelError for the others.
+    """
+    from geodetect.labels import RECT_RTOL, quad_corners
+
+    corners, ok = quad_corners(gdf.geometry.to_numpy())
+    if not ok.all():
+        raise LabelError(f"{path}: feature {int(np.argmin(ok))} is not a 4-corner polygon")
+    if gdf.crs is not None:
+        corners = corners * np.array([1.0, -1.0])
     try:
-        return polygon_boxes(gdf)
+        boxes, _ = geometry.boxes_from_corners(corners, y_down=True, rtol=RECT_RTOL)
     except ValueError as exc:
         raise LabelError(f"{path}: {exc}") from None
+    return boxes
 
 
 def _headings(gdf: Any) -> np.ndarray:
@@ -209,63 +225,192 @@ def _headings(gdf: Any) -> np.ndarray:
     return np.asarray(gdf["heading_deg"].to_numpy(dtype=float, na_value=np.nan), np.float64)
 
 
-def _read_pair(pred: str | Path, truth: str | Path) -> tuple[Any, Any]:
-    """Predictions and truth positives, truth in the predictions' CRS."""
+def _read(src: Source, role: str) -> tuple[gpd.GeoDataFrame, str]:
+    """A file (or a GeoDataFrame, for notebooks) and the name used in messages."""
     from geodetect.labels import read_vector
 
-    p, t = read_vector(pred), read_vector(truth)
-    for name, gdf, path in (("class", p, pred), ("class", t, truth)):
-        if name not in gdf.columns:
-            raise LabelError(f"{path}: no '{name}' field; expected a detections or label file")
-    if "label" in t.columns:
-        t = t[t["label"].astype(str).str.lower() == "positive"]
-    if "label" in p.columns:
-        p = p[p["label"].astype(str).str.lower() == "positive"]
+    if isinstance(src, gpd.GeoDataFrame):
+        return src.copy(), role
+    return read_vector(src), str(src)
+
+
+def _positives(gdf: Any, name: str) -> Any:
+    """The rows to score: all of a detections file, the validated positives of a label file."""
+    from geodetect.labels import validate_labels
+
+    if "class" not in gdf.columns:
+        raise LabelError(f"{name}: no 'class' field; expected a detections or label file")
+    if "label" in gdf.columns:
+        # validation also turns QGIS's one-part MultiPolygons into Polygons
+        gdf = validate_labels(gdf, name)
+        gdf = gdf[gdf["label"] == "positive"]
+    return gdf.reset_index(drop=True)
+
+
+def _read_pair(pred: Source, truth: Source) -> tuple[Any, Any, str, str]:
+    """Predictions and truth positives, each in its own CRS, and their names for messages."""
+    (p, pn), (t, tn) = _read(pred, "predictions"), _read(truth, "truth")
+    p, t = _positives(p, pn), _positives(t, tn)
     if (p.crs is None) != (t.crs is None):
-        missing = pred if p.crs is None else truth
+        missing = pn if p.crs is None else tn
         raise CRSError(f"{missing}: has no CRS but the other file has one; set one with ogr2ogr")
-    if p.crs is not None and t.crs != p.crs:
-        t = t.to_crs(p.crs)
-    return p.reset_index(drop=True), t.reset_index(drop=True)
+    return p, t, pn, tn
+
+
+def comparison_crs(p: Any, t: Any) -> Any:
+    """The planar CRS predictions and truth are compared in (None for pixel-frame files).
+
+    IoU and angles need a frame with square units: degrees are not (a rectangle in lon/lat is
+    a parallelogram). The predictions' CRS if projected, else the truth's, else the local UTM
+    zone of the data.
+    """
+    if p.crs is None:
+        return None
+    for crs in (p.crs, t.crs):
+        if crs.is_projected:
+            return crs
+    if p.crs == t.crs and not p.crs.is_geographic:
+        return p.crs  # one local (engineering) frame: already planar and common
+    parts = [g.geometry.to_crs("EPSG:4326") for g in (p, t) if len(g)]
+    if not parts:
+        return p.crs
+    try:
+        return gpd.GeoSeries(pd.concat(parts), crs="EPSG:4326").estimate_utm_crs()
+    except Exception as exc:  # noqa: BLE001 - pyproj raises several types; one line for the user
+        raise CRSError(f"no UTM zone for these files' extent ({exc}); reproject them") from None
+
+
+def _true_north(crs: Any, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Grid bearing (clockwise from grid north) of true north at map points (x, y) of `crs`.
+
+    Measured numerically (a step north in lon/lat, projected back), so it holds for any CRS
+    with a geodetic base; 0 for geographic CRSs and for local frames without one.
+    """
+    geo = crs.geodetic_crs
+    if crs.is_geographic or geo is None or len(x) == 0:
+        return np.zeros(len(x))
+    lon, lat = Transformer.from_crs(crs, geo, always_xy=True).transform(x, y)
+    step = np.where(np.asarray(lat) > 89.0, -1e-4, 1e-4)  # next to the pole, step south
+    x2, y2 = Transformer.from_crs(geo, crs, always_xy=True).transform(lon, lat + step)
+    v = np.stack([np.asarray(x2) - x, np.asarray(y2) - y], axis=-1) * np.sign(step)[:, None]
+    return geometry.vector_angle(v, y_down=False)
+
+
+def _reprojected_headings(heads: np.ndarray, src: Any, dst: Any, boxes: np.ndarray) -> np.ndarray:
+    """Headings of `src`'s features in `dst`'s CRS, recomputed from the polygons there.
+
+    A heading is a ground direction: through true north it moves by the difference of the two
+    CRSs' meridian convergence; it then snaps to the nearest side of the reprojected rectangle
+    (the angle, +90, +180 or +270), so heading % 180 == angle holds in the comparison frame.
+    """
+    fin = np.isfinite(heads)
+    if not fin.any():
+        return heads
+    sc = shapely.get_coordinates(shapely.centroid(src.geometry.to_numpy()))
+    dc = shapely.get_coordinates(shapely.centroid(dst.geometry.to_numpy()))
+    convergence = _true_north(dst.crs, *dc.T) - _true_north(src.crs, *sc.T)
+    moved = heads + convergence
+    turns = np.round(geometry.wrap_heading(moved - boxes[:, 4]) / 90.0)
+    return np.where(fin, geometry.wrap_heading(boxes[:, 4] + 90.0 * turns), np.nan)
+
+
+def _boxes_in(gdf: Any, crs: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes and headings of `gdf`'s features in `crs` (the comparison frame)."""
+    heads = _headings(gdf)
+    if gdf.crs is None or gdf.crs == crs:
+        return _boxes_of(gdf, name), heads
+    moved = gdf.to_crs(crs)
+    boxes = _boxes_of(moved, name)
+    return boxes, _reprojected_headings(heads, gdf, moved, boxes)
+
+
+@dataclass
+class _Pair:
+    """Predictions and truth positives as boxes in one planar frame, ready to match."""
+
+    p: Any  # predictions as read (their CRS)
+    t: Any  # truth positives as read (their CRS)
+    pb: np.ndarray
+    tb: np.ndarray
+    ph: np.ndarray
+    th: np.ndarray
+    pc: np.ndarray
+    tc: np.ndarray
+    scores: np.ndarray
+    pg: np.ndarray | None  # image names, when both files name every feature's image
+    tg: np.ndarray | None
+
+
+def _pair(pred: Source, truth: Source) -> _Pair:
+    p, t, pn, tn = _read_pair(pred, truth)
+    crs = comparison_crs(p, t)
+    pb, ph = _boxes_in(p, crs, pn)
+    tb, th = _boxes_in(t, crs, tn)
+    use_groups = "image" in p.columns and "image" in t.columns and t["image"].notna().all()
+    return _Pair(
+        p=p,
+        t=t,
+        pb=pb,
+        tb=tb,
+        ph=ph,
+        th=th,
+        pc=p["class"].astype(str).to_numpy(),
+        tc=t["class"].astype(str).to_numpy(),
+        scores=p["score"].to_numpy(float) if "score" in p.columns else np.ones(len(p)),
+        pg=p["image"].astype(str).to_numpy() if use_groups else None,
+        tg=t["image"].astype(str).to_numpy() if use_groups else None,
+    )
+
+
+def _per_class(
+    pair: _Pair, iou: float
+) -> Iterator[tuple[str, np.ndarray, np.ndarray, tuple, dict]]:
+    """Per class: name, prediction rows, truth rows, the matching (order, matched, sorted
+    scores) and class_metrics' dict: the one place evaluate and the PR curves match."""
+    for name in sorted(set(pair.pc) | set(pair.tc)):
+        pi, ti = np.nonzero(pair.pc == name)[0], np.nonzero(pair.tc == name)[0]
+        pgi = pair.pg[pi] if pair.pg is not None else None
+        tgi = pair.tg[ti] if pair.tg is not None else None
+        matching = match(pair.pb[pi], pair.scores[pi], pair.tb[ti], iou, pgi, tgi)
+        res = _metrics(pair.pb[pi], pair.tb[ti], *matching, pair.ph[pi], pair.th[ti])
+        yield name, pi, ti, matching, res
+
+
+def _check_iou(iou: float) -> None:
+    if not 0 < iou <= 1:
+        raise InputError(f"--iou {iou}: must be in (0, 1]")
 
 
 def evaluate(
-    pred: str | Path,
-    truth: str | Path,
+    pred: Source,
+    truth: Source,
     iou: float = 0.5,
     errors: str | Path | None = None,
     curves: bool = False,
 ) -> dict:
     """`geodetect evaluate`: per-class metrics of a detections file against a truth file.
 
-    Angles are compared in the map frame (the contract fields' frame). With `errors`, the false
-    positives and false negatives at each class's best-F1 threshold are written as layers
-    "false_positives" and "false_negatives" of a GeoPackage, atomically.
+    `pred` and `truth` are vector files or GeoDataFrames; a table with a `label` field (a
+    label file) is validated and only its positives are scored.
+
+    Files in different CRSs are compared in a planar one (see `comparison_crs`), so IoU is
+    taken in metres and angles and headings against that frame's grid north. With `errors`,
+    the false positives and false negatives at each class's best-F1 threshold are written, in
+    the predictions' CRS, as layers "false_positives" and "false_negatives" of a GeoPackage,
+    atomically.
     """
-    if not 0 < iou <= 1:
-        raise InputError(f"--iou {iou}: must be in (0, 1]")
+    _check_iou(iou)
     if errors is not None and Path(errors).suffix.lower() != ".gpkg":
         raise InputError(f"{errors}: the errors file holds two layers; give it a .gpkg extension")
     if errors is not None:
         from geodetect.atomic import check_out_dir
 
         check_out_dir(errors)
-    p, t = _read_pair(pred, truth)
-    pb, tb = _boxes_of(p, Path(pred)), _boxes_of(t, Path(truth))
-    ph, th = _headings(p), _headings(t)
-    pc, tc = p["class"].astype(str).to_numpy(), t["class"].astype(str).to_numpy()
-    scores = p["score"].to_numpy(float) if "score" in p.columns else np.ones(len(p))
-    use_groups = "image" in p.columns and "image" in t.columns and t["image"].notna().all()
-    pg = p["image"].astype(str).to_numpy() if use_groups else None
-    tg = t["image"].astype(str).to_numpy() if use_groups else None
+    pair = _pair(pred, truth)
     per_class: dict[str, dict] = {}
     fp_rows: list[np.ndarray] = []
     fn_rows: list[np.ndarray] = []
-    for name in sorted(set(pc) | set(tc)):
-        pi, ti = np.nonzero(pc == name)[0], np.nonzero(tc == name)[0]
-        pgi, tgi = (pg[pi], tg[ti]) if use_groups else (None, None)
-        order, matched, sorted_scores = match(pb[pi], scores[pi], tb[ti], iou, pgi, tgi)
-        res = _metrics(pb[pi], tb[ti], order, matched, sorted_scores, ph[pi], th[ti])
+    for name, pi, ti, (order, matched, sorted_scores), res in _per_class(pair, iou):
         if not curves:
             res.pop("precisions")
             res.pop("recalls")
@@ -277,12 +422,15 @@ def evaluate(
     result = {
         "iou": float(iou),
         "mean_ap": float(np.mean(aps)) if aps else None,
-        "n_pred": len(p),
-        "n_truth": len(t),
+        "n_pred": len(pair.p),
+        "n_truth": len(pair.t),
         "classes": per_class,
     }
     if errors is not None:
-        _write_errors(errors, p, t, fp_rows, fn_rows)
+        t = pair.t
+        if t.crs is not None and t.crs != pair.p.crs:
+            t = t.to_crs(pair.p.crs)
+        _write_errors(errors, pair.p, t, fp_rows, fn_rows)
         result["errors"] = str(errors)
     return result
 

@@ -12,7 +12,8 @@ import pytest
 import shapely
 
 from geodetect.cli import main
-from geodetect.evaluate import class_metrics, evaluate
+from geodetect.evaluate import class_metrics, comparison_crs, evaluate
+from geodetect.geometry import boxes_from_corners
 
 TRUTH = np.array([[0, 0, 4, 2, 10], [10, 0, 4, 2, 170], [20, 0, 4, 2, 90]], float)
 
@@ -192,11 +193,89 @@ def test_evaluate_files_per_class(files):
     json.dumps(r)
 
 
+SAME = ("tp", "fp", "fn", "ap", "threshold", "angle_error_median", "heading_error_median")
+
+
+def _same_metrics(a: dict, b: dict) -> None:
+    for name in ("vehicle", "building"):
+        for key in SAME:
+            x, y = a["classes"][name][key], b["classes"][name][key]
+            assert x == (None if y is None else pytest.approx(y, abs=1e-3)), (name, key)
+
+
 def test_evaluate_reprojects_truth(files):
-    _, truth, tmp = files
+    pred, truth, tmp = files
     r = evaluate(tmp / "pred4326.geojson", truth, iou=0.5)
     assert r["classes"]["building"]["tp"] == 1
     assert r["classes"]["vehicle"]["tp"] == 1
+    # compared in the truth's UTM zone, not in degrees: the same numbers as without reprojecting
+    _same_metrics(r, evaluate(pred, truth, iou=0.5))
+
+
+def test_evaluate_both_geographic_uses_local_utm(files):
+    pred, truth, tmp = files
+    t4326 = tmp / "truth4326.gpkg"
+    gpd.read_file(truth).to_crs("EPSG:4326").to_file(t4326, driver="GPKG")
+    r = evaluate(tmp / "pred4326.geojson", t4326, iou=0.5)
+    _same_metrics(r, evaluate(pred, truth, iou=0.5))
+    p, t = gpd.read_file(tmp / "pred4326.geojson"), gpd.read_file(t4326)
+    assert comparison_crs(p, t).to_epsg() == 32633  # 15°E, 45°N
+
+
+def test_comparison_crs_prefers_projected(files):
+    pred, truth, tmp = files
+    p, t = gpd.read_file(pred), gpd.read_file(truth)
+    p3857 = p.to_crs("EPSG:3857")
+    assert comparison_crs(p3857, t) == p3857.crs  # the predictions' when projected
+    assert comparison_crs(p.to_crs("EPSG:4326"), t) == t.crs  # else the truth's
+    nocrs = p.set_crs(None, allow_override=True)
+    assert comparison_crs(nocrs, t.set_crs(None, allow_override=True)) is None  # pixel frame
+
+
+def test_headings_follow_meridian_convergence(tmp_path):
+    """Polar stereographic grid north is ~60° off UTM's at 15°E: headings must turn with it."""
+    x0, y0 = 500_000.0, 7_800_000.0  # UTM 33N, about 15°E 70°N
+    heads = [30.0, 200.0, 290.0]  # fronts on the long axis, both ends; one on a short side
+    # corner order carries the front (FL, FR, BR, BL): _rect at the heading puts it there
+    polys = [_rect(x0 + 20 * i, y0, 4.5, 2, h) for i, h in enumerate(heads)]
+    polys[2] = _rect(x0 + 40, y0, 2, 4.5, heads[2])  # front on a long side: 2 m deep, 4.5 wide
+    truth = gpd.GeoDataFrame(
+        {"label": ["positive"] * 3, "class": ["vehicle"] * 3, "heading_deg": heads},
+        geometry=polys,
+        crs="EPSG:32633",
+    )
+    stereo = truth.drop(columns="label").to_crs("EPSG:3413")
+    corners = shapely.get_coordinates(stereo.geometry.exterior).reshape(-1, 5, 2)[:, :4]
+    _, heading = boxes_from_corners(corners, y_down=False)
+    assert np.all(np.abs(((heading - heads + 180) % 360) - 180) > 45)  # a large turn
+    stereo["heading_deg"], stereo["score"] = heading, 1.0
+    t, p = tmp_path / "truth.gpkg", tmp_path / "pred.gpkg"
+    truth.to_file(t, driver="GPKG")
+    stereo.to_file(p, driver="GPKG")
+    v = evaluate(p, t, iou=0.5)["classes"]["vehicle"]
+    assert v["tp"] == 3
+    assert v["angle_error_mean"] == pytest.approx(0.0, abs=1e-3)
+    assert v["heading_error_mean"] == pytest.approx(0.0, abs=1e-3)
+    assert v["heading_correct_rate"] == 1.0
+
+
+def test_hand_drawn_and_multipolygon_truth(files):
+    """Truth as QGIS saves it: one-part MultiPolygons, corners a few cm off square."""
+    pred, truth, tmp = files
+    t = gpd.read_file(truth)
+    pos = (t["label"] == "positive").to_numpy()
+    rng = np.random.default_rng(0)
+    geoms = []
+    for g, is_pos in zip(t.geometry, pos, strict=True):
+        if is_pos:
+            c = np.asarray(g.exterior.coords)[:4] + rng.normal(0, 0.01, (4, 2))
+            g = shapely.MultiPolygon([shapely.Polygon(c)])
+        geoms.append(g)
+    t = t.set_geometry(gpd.GeoSeries(geoms, crs=t.crs))
+    drawn = tmp / "drawn.gpkg"
+    t.to_file(drawn, driver="GPKG")
+    r = evaluate(pred, drawn, iou=0.5)
+    assert (r["classes"]["vehicle"]["tp"], r["classes"]["building"]["tp"]) == (1, 1)
 
 
 def test_errors_layers(files):
