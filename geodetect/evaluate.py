@@ -435,6 +435,26 @@ def evaluate(
     return result
 
 
+def precision_recall_curves(pred: Source, truth: Source, iou: float = 0.5) -> dict[str, dict]:
+    """Per class, the precision/recall curve by descending score, for plotting.
+
+    Returns {class: {"recall": [...], "precision": [...], "scores": [...], "ap": float}}, one
+    point per prediction (the k-th after keeping the k best-scoring ones), matched exactly as
+    `evaluate` matches. `pred` and `truth` are files or GeoDataFrames. For a class with no
+    truth, recall is 0 throughout and "ap" is None.
+    """
+    _check_iou(iou)
+    out: dict[str, dict] = {}
+    for name, _, _, (_, _, sorted_scores), res in _per_class(_pair(pred, truth), iou):
+        out[name] = {
+            "recall": res["recalls"],
+            "precision": res["precisions"],
+            "scores": [float(s) for s in sorted_scores],
+            "ap": res["ap"],
+        }
+    return out
+
+
 def _write_errors(path: str | Path, p: Any, t: Any, fp_rows: list, fn_rows: list) -> None:
     """Both error layers into one GeoPackage, written to a temp file and renamed."""
     from geodetect.atomic import atomic_path

@@ -7,12 +7,13 @@ import math
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pyogrio
 import pytest
 import shapely
 
 from geodetect.cli import main
-from geodetect.evaluate import class_metrics, comparison_crs, evaluate
+from geodetect.evaluate import class_metrics, comparison_crs, evaluate, precision_recall_curves
 from geodetect.geometry import boxes_from_corners
 
 TRUTH = np.array([[0, 0, 4, 2, 10], [10, 0, 4, 2, 170], [20, 0, 4, 2, 90]], float)
@@ -315,3 +316,44 @@ def test_cli_bad_files(files, capsys):
     assert main(["evaluate", str(pred), str(tmp / "missing.gpkg")]) == 2
     assert capsys.readouterr().err.startswith("error: ")
     assert main(["evaluate", str(pred), str(pred), "--iou", "0"]) == 2
+
+
+# ---------------------------------------------------------------- PR curves
+
+
+def test_pr_curves_perfect(files):
+    _, truth, _ = files
+    t = gpd.read_file(truth)
+    perfect = t[t["label"] == "positive"].drop(columns="label").assign(score=[0.9, 0.7, 0.8])
+    curves = precision_recall_curves(perfect, truth)
+    assert sorted(curves) == ["building", "vehicle"]
+    v = curves["vehicle"]
+    assert v["precision"] == [1.0, 1.0]
+    assert v["recall"] == pytest.approx([0.5, 1.0])
+    assert v["scores"] == pytest.approx([0.9, 0.7])
+    assert v["ap"] == pytest.approx(1.0) and curves["building"]["ap"] == pytest.approx(1.0)
+    json.dumps(curves)
+
+
+def test_pr_curves_false_positive_at_its_score(files):
+    pred, truth, tmp = files
+    p = gpd.read_file(pred)
+    # the 0.6 vehicle is a false positive; move the missed truth's twin in at 0.5
+    twin = p.iloc[[0]].assign(score=0.5)
+    twin = twin.set_geometry([_rect(500_030, 5_000_010, 4.5, 2, 20)], crs=p.crs)
+    both = tmp / "pred_fp.gpkg"
+    gpd.GeoDataFrame(pd.concat([p, twin], ignore_index=True), crs=p.crs).to_file(both)
+    v = precision_recall_curves(both, truth, iou=0.5)["vehicle"]
+    assert v["scores"] == pytest.approx([0.9, 0.6, 0.5])
+    assert v["precision"] == pytest.approx([1.0, 0.5, 2 / 3])  # drops at the FP's 0.6
+    assert v["recall"] == pytest.approx([0.5, 0.5, 1.0])
+    assert v["ap"] == pytest.approx(0.5 + 0.5 * 2 / 3)
+    # the same matching as evaluate's
+    r = evaluate(both, truth, iou=0.5, curves=True)["classes"]["vehicle"]
+    assert (r["precisions"], r["recalls"], r["ap"]) == (v["precision"], v["recall"], v["ap"])
+
+
+def test_pr_curves_bad_iou(files):
+    pred, truth, _ = files
+    with pytest.raises(ValueError):
+        precision_recall_curves(pred, truth, iou=1.5)
