@@ -16,3 +16,16 @@ def sample_small(tmp_path_factory: pytest.TempPathFactory):
     from geodetect.data import make_sample_data
 
     return make_sample_data(tmp_path_factory.mktemp("sample_small"), size=384, seed=1)
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the item: napari's make_napari_viewer fixture reads
+    `item.rep_call` to decide whether to check for leaked viewers after a test.
+
+    napari's pytest plugin registers the same hook; this copy makes the dependency explicit
+    and setting the attribute twice is harmless.
+    """
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)
