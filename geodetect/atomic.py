@@ -31,7 +31,9 @@ def atomic_path(final: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """
     final = check_out_dir(final)
     suffix = suffix if suffix is not None else "".join(final.suffixes) or ".tmp"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=suffix, dir=final.parent or ".")
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{final.stem}.", suffix=suffix, dir=final.parent or "."
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     tmp.unlink()  # let the writer create it (some drivers refuse an existing empty file)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from geodetect import __version__
 from geodetect.errors import GeodetectError
@@ -116,14 +115,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; options follow ../shared/CONTRACT.md."""
     parser = argparse.ArgumentParser(
-        prog="geodetect", description="Rotation-aware object detection in geospatial imagery and point clouds."
+        prog="geodetect",
+        description="Rotation-aware object detection in geospatial imagery and point clouds.",
     )
     parser.add_argument("--version", action="version", version=f"geodetect {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
-        p.add_argument("-v", "--verbose", action="store_true", help="show progress even when not on a terminal")
+        p.add_argument(
+            "-v", "--verbose", action="store_true", help="show progress even when not on a terminal"
+        )
         return p
 
     p = add("train", "train a detector from positive and negative samples")
@@ -169,7 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pred", metavar="PRED")
     p.add_argument("truth", metavar="TRUTH")
     p.add_argument("--iou", type=float, default=0.5)
-    p.add_argument("--errors", metavar="ERRORS.gpkg", help="write false positives/negatives as layers")
+    p.add_argument(
+        "--errors", metavar="ERRORS.gpkg", help="write false positives/negatives as layers"
+    )
     p.set_defaults(func=_cmd_evaluate)
 
     p = add("rasterize", "turn a LAS/LAZ point cloud into a DSM, DTM or nDSM GeoTIFF")
