@@ -34,13 +34,14 @@ class DataConfig(_Section):
     )
     percentiles: tuple[float, float] = Field((2.0, 98.0), description="robust per-band range for colour normalisation")
     stats_pixels: int = Field(200_000, ge=1000, description="pixels sampled per scene for band statistics")
+    elevation_scale: float = Field(10.0, gt=0, description="nDSM metres that map to 1.0 in the elevation channel")
 
 
 class ModelConfig(_Section):
     """The CNN."""
 
     arch: Literal["geonet"] = Field("geonet", description="network family")
-    width: int = Field(32, ge=8, le=256, description="base channel count")
+    width: int = Field(16, ge=8, le=256, description="base channel count")
     backbone: Literal["none", "resnet18", "resnet34"] = Field(
         "none", description="torchvision backbone instead of the small built-in one"
     )
@@ -59,6 +60,9 @@ class TrainConfig(_Section):
     hard_negative_weight: float = Field(3.0, ge=1, description="oversampling of confusers inside negatives")
     val_fraction: float = Field(0.2, ge=0, lt=1, description="share of positives held out for validation")
     rotate: bool = Field(True, description="random rotation augmentation (any angle)")
+    flip: bool = Field(True, description="random mirror augmentation (aerial views have no handedness)")
+    scale_jitter: float = Field(0.1, ge=0, lt=0.5, description="random zoom of +-this fraction around the training GSD")
+    colour_jitter: float = Field(0.1, ge=0, lt=1, description="random brightness/contrast change of +-this fraction")
     workers: int = Field(0, ge=0, description="DataLoader worker processes")
     amp: bool = Field(True, description="mixed precision on CUDA")
 
@@ -67,7 +71,7 @@ class InferConfig(_Section):
     """Detection over whole scenes."""
 
     tile: int = Field(512, ge=64, description="tile side in pixels at the model GSD")
-    overlap: int = Field(64, ge=0, description="tile overlap in pixels; must exceed the largest object")
+    overlap: int = Field(128, ge=0, description="tile overlap in pixels; must exceed the largest object")
     batch_size: int = Field(4, ge=1)
     threshold: float = Field(0.3, ge=0, le=1, description="minimum score kept")
     nms_iou: float = Field(0.3, ge=0, le=1, description="rotated-IoU for merging duplicates")

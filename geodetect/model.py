@@ -1,0 +1,377 @@
+"""The CNN: a small dense oriented-object detector, its targets, loss, decoding and model files.
+
+One pass over a tile gives, on a grid of stride 4, a score per class for "an object centre is
+here" and, at each centre, the sub-cell offset, log length and width, the long-axis angle as
+(cos 2a, sin 2a) (so a and a + 180 are the same) and, for classes with a front, the heading
+as (cos h, sin h). This is CenterNet's recipe with rotation: no anchors, no per-angle
+templates, so objects at any angle are read directly from the rotation patterns the positives
+taught it. The built-in backbone is small on purpose (CPU speed matters); torchvision ResNets
+with local weights are an option.
+
+All angles are in the pixel frame of the network input (degrees clockwise from -row, see
+DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from geodetect.errors import ModelError
+
+FORMAT = "geodetect-model"
+VERSION = 1
+STRIDE = 4
+MULTIPLE = 32  # input sides must be multiples of this (five stride-2 stages)
+MAX_OBJECTS = 128  # per chip in a training batch
+REG_CHANNELS = 8  # offset (2), log size (2), angle (2), heading (2)
+
+
+# ------------------------------------------------------------------------------ network
+
+
+class ConvBN(nn.Sequential):
+    """conv -> batch norm -> ReLU."""
+
+    def __init__(self, cin: int, cout: int, k: int = 3, stride: int = 1, dilation: int = 1):
+        pad = dilation * (k // 2)
+        super().__init__(
+            nn.Conv2d(cin, cout, k, stride, pad, dilation=dilation, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        )
+
+
+class Residual(nn.Module):
+    """Two 3x3 convs with an identity shortcut; dilation widens the view of big objects."""
+
+    def __init__(self, ch: int, dilation: int = 1):
+        super().__init__()
+        self.a = ConvBN(ch, ch, 3, 1, dilation)
+        self.b = nn.Sequential(
+            nn.Conv2d(ch, ch, 3, 1, dilation, dilation=dilation, bias=False), nn.BatchNorm2d(ch)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.b(self.a(x)))
+
+
+class SmallBackbone(nn.Module):
+    """Five stride-2 stages; returns features at strides 4, 8, 16, 32."""
+
+    def __init__(self, cin: int, w: int):
+        super().__init__()
+        self.channels = (2 * w, 4 * w, 8 * w, 8 * w)
+        self.stem = ConvBN(cin, w, 3, 2)
+        self.s4 = nn.Sequential(ConvBN(w, 2 * w, 3, 2), ConvBN(2 * w, 2 * w))
+        self.s8 = nn.Sequential(ConvBN(2 * w, 4 * w, 3, 2), Residual(4 * w))
+        self.s16 = nn.Sequential(ConvBN(4 * w, 8 * w, 3, 2), Residual(8 * w), Residual(8 * w, 2))
+        self.s32 = nn.Sequential(ConvBN(8 * w, 8 * w, 3, 2), Residual(8 * w, 2))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        f4 = self.s4(self.stem(x))
+        f8 = self.s8(f4)
+        f16 = self.s16(f8)
+        return [f4, f8, f16, self.s32(f16)]
+
+
+class ResNetBackbone(nn.Module):
+    """A torchvision ResNet (random init, or local weights) as a strides 4-32 feature pyramid."""
+
+    def __init__(self, cin: int, name: str, pretrained: str | None):
+        super().__init__()
+        import torchvision
+
+        net = getattr(torchvision.models, name)(weights=None)
+        if pretrained:
+            state = _load_file(pretrained)
+            state = state.get("state_dict", state) if isinstance(state, dict) else state
+            try:
+                net.load_state_dict(state, strict=False)
+            except RuntimeError as exc:
+                raise ModelError(f"{pretrained}: not {name} weights ({_first_line(exc)})") from None
+        if cin != 3:
+            old = net.conv1.weight.data
+            conv = nn.Conv2d(cin, 64, 7, 2, 3, bias=False)
+            w = old.mean(dim=1, keepdim=True).repeat(1, cin, 1, 1)
+            w[:, : min(3, cin)] = old[:, : min(3, cin)]
+            conv.weight.data = w
+            net.conv1 = conv
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.layers = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
+        self.channels = tuple(int(layer[-1].conv1.in_channels) for layer in self.layers)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(x)
+        feats = []
+        for layer in self.layers:
+            x = layer(x)
+            feats.append(x)
+        return feats
+
+
+class GeoNet(nn.Module):
+    """Backbone -> top-down pyramid to stride 4 -> heatmap and regression heads."""
+
+    def __init__(self, arch: dict[str, Any]):
+        super().__init__()
+        cin, k, w = int(arch["in_channels"]), int(arch["n_classes"]), int(arch["width"])
+        if arch.get("backbone", "none") == "none":
+            self.backbone: nn.Module = SmallBackbone(cin, w)
+        else:
+            self.backbone = ResNetBackbone(cin, arch["backbone"], arch.get("pretrained"))
+        neck = 2 * w
+        self.lateral = nn.ModuleList(nn.Conv2d(c, neck, 1) for c in self.backbone.channels)
+        self.smooth = ConvBN(neck, neck)
+        self.head = ConvBN(neck, neck)
+        self.heatmap = nn.Conv2d(neck, k, 1)
+        self.regress = nn.Conv2d(neck, REG_CHANNELS, 1)
+        nn.init.constant_(self.heatmap.bias, -math.log((1 - 0.01) / 0.01))  # prior 0.01
+        nn.init.zeros_(self.regress.weight)
+        with torch.no_grad():
+            self.regress.bias.copy_(torch.tensor([0.5, 0.5, math.log(16), math.log(8), 0, 0, 0, 0]))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats = self.backbone(x)
+        p = self.lateral[-1](feats[-1])
+        for lat, f in zip(self.lateral[-2::-1], feats[-2::-1], strict=True):
+            p = lat(f) + F.interpolate(p, size=f.shape[-2:], mode="nearest")
+        h = self.head(self.smooth(p))
+        r = self.regress(h)
+        return {
+            "heatmap": self.heatmap(h),
+            "offset": r[:, 0:2],
+            "size": r[:, 2:4],
+            "angle": r[:, 4:6],
+            "heading": r[:, 6:8],
+        }
+
+
+def build_model(arch: dict[str, Any]) -> GeoNet:
+    """A fresh network for an `arch` dict (as stored in model files)."""
+    return GeoNet(arch)
+
+
+def make_arch(in_channels: int, n_classes: int, model_cfg: Any) -> dict[str, Any]:
+    """The arch dict for a ModelConfig: everything needed to rebuild the network."""
+    return {
+        "name": model_cfg.arch,
+        "in_channels": int(in_channels),
+        "n_classes": int(n_classes),
+        "width": int(model_cfg.width),
+        "backbone": model_cfg.backbone,
+        "pretrained": None,  # weights live in the model file's state_dict
+        "stride": STRIDE,
+        "multiple": MULTIPLE,
+    }
+
+
+# ------------------------------------------------------------------------------ targets
+
+
+def encode_targets(
+    boxes: np.ndarray,
+    classes: np.ndarray,
+    headings: np.ndarray,
+    shape: tuple[int, int],
+    n_classes: int,
+    stride: int = STRIDE,
+) -> dict[str, np.ndarray]:
+    """Training targets for one chip from its boxes (chip pixel frame).
+
+    The heatmap has an oriented Gaussian per object (elongated like the object, so long
+    vehicles do not smear into their neighbours) peaking at exactly 1 on the centre cell.
+    Objects whose centre is off the chip only shape the heatmap; they have no centre cell.
+    """
+    h, w = shape[0] // stride, shape[1] // stride
+    heat = np.zeros((n_classes, h, w), np.float32)
+    index = np.zeros(MAX_OBJECTS, np.int64)
+    reg = np.zeros((MAX_OBJECTS, REG_CHANNELS), np.float32)
+    mask = np.zeros((MAX_OBJECTS, 2), np.float32)  # [box terms, heading terms]
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
+    n = 0
+    for (cx, cy, length, width, angle), c, head in zip(boxes, classes, headings, strict=True):
+        gx, gy = cx / stride, cy / stride
+        j, i = int(math.floor(gx)), int(math.floor(gy))
+        a = math.radians(angle)
+        u, v = math.sin(a), -math.cos(a)  # long axis in the pixel frame
+        dx, dy = xs - (j + 0.5 if 0 <= j < w and 0 <= i < h else gx), ys - (
+            i + 0.5 if 0 <= j < w and 0 <= i < h else gy
+        )
+        along, across = dx * u + dy * v, -dx * v + dy * u
+        s_l, s_w = max(0.7, length / stride / 6), max(0.7, width / stride / 6)
+        g = np.exp(-0.5 * ((along / s_l) ** 2 + (across / s_w) ** 2))
+        np.maximum(heat[int(c)], g, out=heat[int(c)])
+        if not (0 <= j < w and 0 <= i < h) or n >= MAX_OBJECTS:
+            continue
+        heat[int(c), i, j] = 1.0
+        index[n] = i * w + j
+        reg[n, :6] = [gx - j, gy - i, math.log(length), math.log(width), math.cos(2 * a),
+                      math.sin(2 * a)]  # fmt: skip
+        mask[n, 0] = 1.0
+        if np.isfinite(head):
+            hr = math.radians(float(head))
+            reg[n, 6:8] = [math.cos(hr), math.sin(hr)]
+            mask[n, 1] = 1.0
+        n += 1
+    heat[heat < 1e-3] = 0.0
+    return {"heatmap": heat, "index": index, "reg": reg, "reg_mask": mask}
+
+
+def _gather(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) at flat indices (N, M) -> (N, M, C)."""
+    n, c = t.shape[:2]
+    flat = t.reshape(n, c, -1)
+    return flat.gather(2, index[:, None, :].expand(n, c, index.shape[1])).transpose(1, 2)
+
+
+def focal_loss(
+    logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CenterNet's penalty-reduced focal loss; `known` (N, 1, H, W) masks unknown cells.
+
+    Returns (loss normalised by the number of centres, per-chip background loss) — the second
+    ranks negative chips for hard-negative sampling.
+    """
+    p = torch.sigmoid(logits.float()).clamp(1e-4, 1 - 1e-4)
+    pos = target.eq(1).float()
+    pos_loss = -(torch.log(p) * (1 - p) ** 2 * pos)
+    neg_loss = -(torch.log(1 - p) * p**2 * (1 - target) ** 4 * (1 - pos) * known)
+    n_pos = pos.sum().clamp(min=1.0)
+    per_chip = neg_loss.flatten(1).sum(1)
+    return (pos_loss.sum() + neg_loss.sum()) / n_pos, per_chip.detach()
+
+
+def detection_loss(
+    out: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+    """Total loss, its parts (floats), and per-chip background loss.
+
+    `targets["known"]` (N, 1, H, W) at the output stride is 1 where the label says what is
+    there (inside a negative region or a positive, and valid pixels): unknown pixels carry
+    no loss at all.
+    """
+    hm, per_chip = focal_loss(out["heatmap"], targets["heatmap"], targets["known"])
+    idx, reg, mask = targets["index"], targets["reg"], targets["reg_mask"]
+    pred = torch.cat([_gather(out[k].float(), idx) for k in ("offset", "size", "angle", "heading")], 2)
+    box_m, head_m = mask[..., :1], mask[..., 1:]
+    n_box = box_m.sum().clamp(min=1.0)
+    err = F.smooth_l1_loss(pred, reg, reduction="none", beta=0.1)
+    off = (err[..., 0:2] * box_m).sum() / n_box
+    size = (err[..., 2:4] * box_m).sum() / n_box
+    ang = (err[..., 4:6] * box_m).sum() / n_box
+    head = (err[..., 6:8] * head_m).sum() / head_m.sum().clamp(min=1.0)
+    total = hm + off + size + 2.0 * ang + head
+    parts = {k: float(v.detach()) for k, v in
+             {"heatmap": hm, "offset": off, "size": size, "angle": ang, "heading": head}.items()}  # fmt: skip
+    return total, parts, per_chip
+
+
+# ------------------------------------------------------------------------------ decoding
+
+
+def decode(
+    out: dict[str, torch.Tensor],
+    threshold: float,
+    has_front: list[bool],
+    max_det: int = 500,
+    stride: int = STRIDE,
+) -> list[dict[str, np.ndarray]]:
+    """Peaks of the heatmap -> oriented boxes per image, in the input's pixel frame.
+
+    Returns per image {"boxes" (M, 5), "scores", "classes", "headings" (NaN without a front)}.
+    A front class's heading is snapped to the long axis (angle or angle + 180), whichever is
+    nearer the predicted heading vector, so box and heading always agree.
+    """
+    heat = torch.sigmoid(out["heatmap"].float())
+    peaks = heat * (F.max_pool2d(heat, 3, 1, 1) == heat)
+    n, k, h, w = heat.shape
+    front = torch.tensor(list(has_front) + [False] * (k - len(has_front)), dtype=torch.bool)
+    results = []
+    for b in range(n):
+        scores, flat = peaks[b].reshape(-1).topk(min(max_det, k * h * w))
+        keep = scores >= threshold
+        scores, flat = scores[keep], flat[keep]
+        cls, cell = flat // (h * w), flat % (h * w)
+        i, j = cell // w, cell % w
+        reg = {name: out[name][b].float().reshape(2, -1)[:, cell] for name in
+               ("offset", "size", "angle", "heading")}  # fmt: skip
+        cx = (j.float() + reg["offset"][0]) * stride
+        cy = (i.float() + reg["offset"][1]) * stride
+        size = reg["size"].clamp(-2.0, 8.0).exp()
+        angle = torch.rad2deg(torch.atan2(reg["angle"][1], reg["angle"][0]) / 2)
+        swap = size[1] > size[0]
+        length = torch.where(swap, size[1], size[0])
+        width = torch.where(swap, size[0], size[1])
+        angle = torch.remainder(angle + swap.float() * 90.0, 180.0)
+        pred_h = torch.rad2deg(torch.atan2(reg["heading"][1], reg["heading"][0]))
+        flip = torch.cos(torch.deg2rad(pred_h - angle)) < 0
+        heading = torch.remainder(angle + flip.float() * 180.0, 360.0)
+        heading = torch.where(front[cls.cpu()].to(heading.device), heading, torch.nan)
+        boxes = torch.stack([cx, cy, length, width, angle], 1)
+        results.append(
+            {
+                "boxes": boxes.cpu().numpy().astype(np.float64),
+                "scores": scores.cpu().numpy().astype(np.float64),
+                "classes": cls.cpu().numpy().astype(np.int64),
+                "headings": heading.cpu().numpy().astype(np.float64),
+            }
+        )
+    return results
+
+
+# ------------------------------------------------------------------------------ model files
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _load_file(path: str | Path) -> Any:
+    """torch.load with weights_only=True; anything else is a ModelError."""
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"{p}: model file not found")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, zip errors, unsafe globals, truncation
+        raise ModelError(f"{p}: not a geodetect model file ({_first_line(exc)})") from None
+
+
+REQUIRED_KEYS = ("state_dict", "classes", "has_front", "bands", "elevation", "gsd", "arch")
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GeoNet, dict]:
+    """(network in eval mode on `device`, meta dict) from a model file written by `train`.
+
+    Loads with `weights_only=True`: a model file can never run code.
+    """
+    blob = _load_file(path)
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise ModelError(f"{path}: not a geodetect model file (no '{FORMAT}' header)")
+    if int(blob.get("version", 0)) > VERSION:
+        raise ModelError(f"{path}: model file version {blob['version']} is newer than this geodetect")
+    missing = [k for k in REQUIRED_KEYS if k not in blob]
+    if missing:
+        raise ModelError(f"{path}: model file lacks {', '.join(missing)}")
+    try:
+        net = build_model(blob["arch"])
+        net.load_state_dict(blob["state_dict"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{path}: weights do not fit the network ({_first_line(exc)})") from None
+    net.to(torch.device(device)).eval()
+    meta = {k: v for k, v in blob.items() if k != "state_dict"}
+    return net, meta
+
+
+def model_blob(net: nn.Module, meta: dict[str, Any]) -> dict[str, Any]:
+    """The plain dict saved as model.pt (CPU tensors, built-in types only)."""
+    state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    return {"format": FORMAT, "version": VERSION, "state_dict": state, **meta}

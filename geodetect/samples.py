@@ -1,0 +1,445 @@
+"""Training samples from sparse labels: patches around positives and inside negatives.
+
+A *patch* is a square window (twice the chip side) read once at the training GSD, normalised
+with its scene's colour statistics, with two masks: `valid` (not nodata) and `known` (inside
+a negative region or a labelled positive). Everything else is unknown and never trained as
+background. Training chips are cut from patches with a random rotation/shift/zoom/mirror
+(`transforms.transform_chip`), so a few dozen positives give endless distinct chips.
+
+Held-out (validation) labels are unknown in every training patch, so nothing leaks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import shapely
+from rasterio.windows import Window
+
+from geodetect import transforms
+from geodetect.config import Config
+from geodetect.errors import InputError, LabelError
+from geodetect.model import MULTIPLE, STRIDE, encode_targets
+from geodetect.raster import Grid
+
+MAX_NEG_PATCHES_PER_POLYGON = 64
+
+
+@dataclass
+class Scene:
+    """One training scene on its working grid with its labels in that grid's pixel frame."""
+
+    path: str
+    grid: Grid
+    boxes: np.ndarray  # (N, 5) positives
+    classes: np.ndarray  # (N,) class index
+    headings: np.ndarray  # (N,) NaN without a front
+    negatives: list  # shapely polygons (pixel frame)
+    stats: dict[str, Any]
+    cloud: str | None = None
+    pos_val: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    neg_val: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+
+
+@dataclass
+class Patch:
+    """A normalised window of a scene with its masks and the boxes that touch it."""
+
+    image: np.ndarray  # (C, P, P) float16
+    valid: np.ndarray  # (P, P) uint8
+    known: np.ndarray  # (P, P) uint8
+    boxes: np.ndarray  # (M, 5) patch frame
+    classes: np.ndarray  # (M,)
+    headings: np.ndarray  # (M,)
+    scene: int
+    origin: tuple[int, int]  # (col, row) in the scene grid
+    focus_class: int = -1  # class of the positive the patch is centred on, -1 for negatives
+
+
+@dataclass
+class Project:
+    """Everything `train` and `samples` derive from the inputs, checked up front."""
+
+    scenes: list[Scene]
+    classes: list[str]
+    has_front: list[bool]
+    bands: list[int]
+    elevation: bool
+    gsd: float
+    config: Config
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.bands) + int(self.elevation)
+
+    @property
+    def chip(self) -> int:
+        return int(math.ceil(self.config.data.chip_size / MULTIPLE) * MULTIPLE)
+
+    @property
+    def patch(self) -> int:
+        return 2 * self.chip
+
+
+# ------------------------------------------------------------------------------ project
+
+
+def _bands(info: Any, wanted: list[int] | None) -> list[int]:
+    if wanted:
+        bad = [b for b in wanted if not 1 <= b <= info.count]
+        if bad:
+            raise InputError(f"{info.path}: has {info.count} band(s), no band {bad[0]} (data.bands)")
+        return list(wanted)
+    data = list(info.data_bands) or list(range(1, info.count + 1))
+    return data[:3]
+
+
+def _elevation(mode: str, pointclouds: list[str] | None, n_images: int) -> bool:
+    if pointclouds and len(pointclouds) != n_images:
+        raise InputError(
+            f"--pointcloud: {len(pointclouds)} given for {n_images} image(s); give one per IMAGE"
+        )
+    if mode == "on" and not pointclouds:
+        raise InputError("data.elevation is 'on' but no --pointcloud was given")
+    return bool(pointclouds) and mode != "off"
+
+
+def load_project(
+    images: list[str],
+    labels: str,
+    pointclouds: list[str] | None,
+    config: Config,
+) -> Project:
+    """Open scenes and labels, pick bands/GSD/classes, and check the bad-input cases."""
+    from geodetect.labels import labels_for_grid, read_labels
+    from geodetect.raster import open_raster, working_grid
+
+    if not images:
+        raise InputError("give at least one IMAGE")
+    infos = [open_raster(p) for p in images]
+    elevation = _elevation(config.data.elevation, pointclouds, len(images))
+    if elevation:
+        from geodetect.pointcloud import open_cloud
+
+        for cloud in pointclouds or []:
+            open_cloud(cloud)
+    bands = _bands(infos[0], config.data.bands)
+    for info in infos[1:]:
+        if _bands(info, config.data.bands) != bands:
+            raise InputError(f"{info.path}: has other bands than {infos[0].path}; set data.bands")
+    gsd = float(config.data.gsd or np.median([i.gsd for i in infos]))
+    gdf = read_labels(labels)
+    per_scene = []
+    for info in infos:
+        grid = working_grid(info, gsd)
+        per_scene.append((info, grid, labels_for_grid(gdf, grid, Path(info.path).name)))
+    names = sorted({c for _, _, sl in per_scene for c in sl.classes})
+    n_neg = sum(len(sl.negatives) for _, _, sl in per_scene)
+    if not names and not n_neg:
+        raise LabelError(f"{labels}: no label falls on any of the scenes; check the CRS and extent")
+    if not names:
+        raise LabelError(f"{labels}: has no positive samples on the scenes; draw some objects")
+    counts = {c: sum(sl.classes.count(c) for _, _, sl in per_scene) for c in names}
+    lonely = [c for c, n in counts.items() if n < 2]
+    if lonely:
+        raise LabelError(
+            f"{labels}: class '{lonely[0]}' has only one sample; label at least two of each class"
+        )
+    has_front = [
+        any(
+            np.isfinite(sl.headings[i])
+            for _, _, sl in per_scene
+            for i, c in enumerate(sl.classes)
+            if c == name
+        )
+        for name in names
+    ]
+    scenes = []
+    for k, (info, grid, sl) in enumerate(per_scene):
+        stats = transforms.scene_stats(info.path, bands, config, config.data.stats_pixels)
+        cls = np.array([names.index(c) for c in sl.classes], np.int64)
+        heads = np.where(np.asarray(has_front)[cls], sl.headings, np.nan) if len(cls) else sl.headings
+        cloud = str(pointclouds[k]) if elevation and pointclouds else None
+        scenes.append(
+            Scene(info.path, grid, sl.boxes, cls, heads, list(sl.negatives), stats, cloud)
+        )
+    return Project(scenes, names, has_front, bands, elevation, gsd, config)
+
+
+def split_validation(project: Project, fraction: float, seed: int) -> None:
+    """Hold out a share of each class's positives and of the negative regions (seeded)."""
+    rng = np.random.default_rng([seed, 7])
+    for s in project.scenes:
+        s.pos_val = np.zeros(len(s.boxes), bool)
+        s.neg_val = np.zeros(len(s.negatives), bool)
+    if fraction <= 0:
+        return
+    for k in range(len(project.classes)):
+        items = [(i, j) for i, s in enumerate(project.scenes) for j in np.nonzero(s.classes == k)[0]]
+        n_val = min(len(items) - 1, max(1, round(fraction * len(items))))
+        for idx in rng.permutation(len(items))[:n_val]:
+            i, j = items[idx]
+            project.scenes[i].pos_val[j] = True
+    negs = [(i, j) for i, s in enumerate(project.scenes) for j in range(len(s.negatives))]
+    if len(negs) >= 2:
+        n_val = min(len(negs) - 1, max(1, round(fraction * len(negs))))
+        for idx in rng.permutation(len(negs))[:n_val]:
+            i, j = negs[idx]
+            project.scenes[i].neg_val[j] = True
+
+
+# ------------------------------------------------------------------------------ patches
+
+
+def _mask(geoms: list, origin: tuple[int, int], size: int) -> np.ndarray:
+    """(size, size) bool: pixel centres of a patch inside any of the geometries."""
+    out = np.zeros((size, size), bool)
+    if not geoms:
+        return out
+    box = shapely.box(origin[0], origin[1], origin[0] + size, origin[1] + size)
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
+    for g in geoms:
+        if not g.intersects(box):
+            continue
+        part = shapely.intersection(g, box)
+        shapely.prepare(part)
+        out |= shapely.contains_xy(part, xs + origin[0], ys + origin[1])
+    return out
+
+
+def _box_geoms(scene: Scene, which: np.ndarray) -> list:
+    from geodetect.geometry import box_polygons
+
+    return list(box_polygons(scene.boxes[which])) if which.any() else []
+
+
+class PatchReader:
+    """Reads patches of one scene (image bands through raster.SceneReader, nDSM once)."""
+
+    def __init__(self, project: Project, k: int):
+        from geodetect.raster import SceneReader
+
+        self.project, self.k = project, k
+        self.scene = project.scenes[k]
+        self.reader = SceneReader(self.scene.path, self.scene.grid, bands=project.bands)
+        self._ndsm: np.ndarray | None = None
+        self._ndsm_origin = (0, 0)
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def _elevation(self, origin: tuple[int, int], size: int) -> np.ndarray:
+        """nDSM under a patch, from one rasterisation of the labelled part of the scene."""
+        if self._ndsm is None:
+            self._ndsm, self._ndsm_origin = self._labelled_ndsm()
+        out = np.full((size, size), np.nan, np.float32)
+        c0, r0 = origin[0] - self._ndsm_origin[0], origin[1] - self._ndsm_origin[1]
+        h, w = self._ndsm.shape
+        rs, cs = slice(max(r0, 0), min(r0 + size, h)), slice(max(c0, 0), min(c0 + size, w))
+        if rs.stop > rs.start and cs.stop > cs.start:
+            out[rs.start - r0 : rs.stop - r0, cs.start - c0 : cs.stop - c0] = self._ndsm[rs, cs]
+        return out
+
+    def _labelled_ndsm(self) -> tuple[np.ndarray, tuple[int, int]]:
+        from geodetect.pointcloud import rasterize_cloud
+
+        s, p = self.scene, self.project.patch
+        geoms = _box_geoms(s, np.ones(len(s.boxes), bool)) + list(s.negatives)
+        left, top, right, bottom = shapely.GeometryCollection(geoms).bounds
+        c0 = max(0, int(math.floor(left)) - p)
+        r0 = max(0, int(math.floor(top)) - p)
+        c1 = min(s.grid.width, int(math.ceil(right)) + p)
+        r1 = min(s.grid.height, int(math.ceil(bottom)) + p)
+        sub = s.grid.window_grid(Window(c0, r0, max(1, c1 - c0), max(1, r1 - r0)))
+        return rasterize_cloud(s.cloud, sub, kind="ndsm"), (c0, r0)
+
+    def read(self, origin: tuple[int, int], size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(normalised (C, size, size) float32, valid bool) of a window."""
+        data, valid = self.reader.read(Window(origin[0], origin[1], size, size))
+        x = transforms.normalise(data, valid, self.scene.stats)
+        if self.project.elevation:
+            ndsm = self._elevation(origin, size)
+            scale = self.project.config.data.elevation_scale
+            x = np.concatenate([x, transforms.elevation_channel(ndsm, valid.shape, scale)])
+        return x, valid
+
+    def patch(self, origin: tuple[int, int], size: int, training: bool, focus: int = -1) -> Patch:
+        """A patch with its masks; `training` selects which labels are known (train vs val)."""
+        s = self.scene
+        x, valid = self.read(origin, size)
+        use_pos = ~s.pos_val if training else s.pos_val
+        use_neg = ~s.neg_val if training else s.neg_val
+        known = _mask([g for g, v in zip(s.negatives, use_neg, strict=True) if v], origin, size)
+        known |= _mask(_box_geoms(s, use_pos), origin, size)
+        hidden = _mask(_box_geoms(s, ~use_pos), origin, size)  # the other split's objects
+        if training:
+            hidden |= _mask([g for g, v in zip(s.negatives, s.neg_val, strict=True) if v], origin, size)
+        known &= ~hidden
+        boxes = s.boxes[use_pos].copy()
+        boxes[:, 0] -= origin[0]
+        boxes[:, 1] -= origin[1]
+        r = np.hypot(boxes[:, 2], boxes[:, 3]) / 2
+        near = (
+            (boxes[:, 0] + r > 0)
+            & (boxes[:, 0] - r < size)
+            & (boxes[:, 1] + r > 0)
+            & (boxes[:, 1] - r < size)
+        )
+        return Patch(
+            image=x.astype(np.float16),
+            valid=valid.astype(np.uint8),
+            known=known.astype(np.uint8),
+            boxes=boxes[near],
+            classes=s.classes[use_pos][near],
+            headings=s.headings[use_pos][near],
+            scene=self.k,
+            origin=origin,
+            focus_class=focus,
+        )
+
+
+def _centred(cx: float, cy: float, size: int) -> tuple[int, int]:
+    return int(round(cx - size / 2)), int(round(cy - size / 2))
+
+
+def negative_centres(poly: Any, step: float, rng: np.random.Generator) -> list[tuple[float, float]]:
+    """Patch centres on a grid inside a negative polygon (at least its representative point)."""
+    left, top, right, bottom = poly.bounds
+    xs = np.arange(left + step / 2, right, step)
+    ys = np.arange(top + step / 2, bottom, step)
+    gx, gy = np.meshgrid(xs, ys)
+    inside = shapely.contains_xy(poly, gx.ravel(), gy.ravel()) if gx.size else np.zeros(0, bool)
+    pts = list(zip(gx.ravel()[inside], gy.ravel()[inside], strict=True))
+    if not pts:
+        p = poly.representative_point()
+        pts = [(p.x, p.y)]
+    if len(pts) > MAX_NEG_PATCHES_PER_POLYGON:
+        pick = rng.choice(len(pts), MAX_NEG_PATCHES_PER_POLYGON, replace=False)
+        pts = [pts[i] for i in sorted(pick)]
+    return pts
+
+
+def extract_patches(project: Project, training: bool, seed: int = 0) -> tuple[list[Patch], list[Patch]]:
+    """(positive patches, negative patches) of the training (or validation) split."""
+    rng = np.random.default_rng([seed, 11, int(training)])
+    size, chip = project.patch, project.chip
+    pos, neg = [], []
+    for k, s in enumerate(project.scenes):
+        reader = PatchReader(project, k)
+        try:
+            split = ~s.pos_val if training else s.pos_val
+            for j in np.nonzero(split)[0]:
+                b = s.boxes[j]
+                pos.append(reader.patch(_centred(b[0], b[1], size), size, training, int(s.classes[j])))
+            nsplit = ~s.neg_val if training else s.neg_val
+            for g, use in zip(s.negatives, nsplit, strict=True):
+                if use:
+                    for cx, cy in negative_centres(g, 0.75 * chip, rng):
+                        neg.append(reader.patch(_centred(cx, cy, size), size, training))
+        finally:
+            reader.close()
+    return pos, neg
+
+
+# ------------------------------------------------------------------------------ chips
+
+
+def known_at_stride(valid: np.ndarray, known: np.ndarray, stride: int = STRIDE) -> np.ndarray:
+    """(1, H/stride, W/stride) float32: cells whose pixels are mostly valid and known."""
+    m = (valid > 0) & (known > 0)
+    h, w = m.shape[0] // stride, m.shape[1] // stride
+    frac = m[: h * stride, : w * stride].reshape(h, stride, w, stride).mean(axis=(1, 3))
+    return (frac >= 0.5).astype(np.float32)[None]
+
+
+def make_chip(
+    patch: Patch, params: transforms.ChipParams, chip: int, n_classes: int, colour_channels: int
+) -> dict[str, np.ndarray]:
+    """One training example (image + targets) from a patch and a random draw."""
+    image, (valid, known), boxes, heads = transforms.transform_chip(
+        patch.image.astype(np.float32),
+        [patch.valid, patch.known],
+        patch.boxes,
+        patch.headings,
+        params,
+        chip,
+        colour_channels,
+    )
+    image[:, valid == 0] = 0.0
+    targets = encode_targets(boxes, patch.classes, heads, (chip, chip), n_classes)
+    targets["known"] = known_at_stride(valid, known)
+    targets["image"] = image.astype(np.float32)
+    return targets
+
+
+# ------------------------------------------------------------------------------ samples CLI
+
+
+def write_samples(
+    images: list[str],
+    labels: str,
+    pointclouds: list[str] | None,
+    config: Config | None,
+    out_dir: str | Path,
+) -> Path:
+    """`geodetect samples`: the normalised chips the trainer sees, plus `samples.csv`.
+
+    Positives are rotated to the canonical orientation (long axis along x, front to the
+    right); negatives are chips from the negative regions. Each chip is written as a PNG
+    preview (first three channels) and a float32 .npy with every channel; the CSV lists
+    path, array, label, class, image, angle_deg and heading_deg (in the scene's pixel frame).
+    """
+    import pandas as pd
+
+    from geodetect.atomic import atomic_path
+
+    config = config or Config()
+    project = load_project(list(map(str, images)), str(labels), pointclouds, config)
+    split_validation(project, 0.0, 0)
+    pos, neg = extract_patches(project, training=True)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "chips").mkdir(exist_ok=True)
+    rows = []
+    chip = project.chip
+    for kind, patches in (("positive", pos), ("negative", neg)):
+        for n, p in enumerate(patches):
+            row = _write_chip(out, kind, n, p, project, chip)
+            rows.append(row)
+    with atomic_path(out / "samples.csv") as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
+    return out / "samples.csv"
+
+
+def _write_chip(out: Path, kind: str, n: int, p: Patch, project: Project, chip: int) -> dict:
+    from PIL import Image
+
+    angle = heading = float("nan")
+    cls = ""
+    params = transforms.ChipParams()
+    if kind == "positive":
+        centre = np.argmin(np.hypot(p.boxes[:, 0] - project.patch / 2, p.boxes[:, 1] - project.patch / 2))
+        angle, heading = float(p.boxes[centre, 4]), float(p.headings[centre])
+        cls = project.classes[int(p.classes[centre])]
+        params = transforms.canonical_params(p.boxes[centre], heading)
+    image, _, _, _ = transforms.transform_chip(
+        p.image.astype(np.float32), [p.valid], p.boxes, p.headings, params, chip
+    )
+    stem = f"chips/{kind}_{n:05d}"
+    np.save(out / f"{stem}.npy", image.astype(np.float32))
+    rgb = image[:3] if image.shape[0] >= 3 else np.repeat(image[:1], 3, axis=0)
+    png = (np.clip(np.moveaxis(rgb, 0, -1), 0, 1) * 255).astype(np.uint8)
+    Image.fromarray(png).save(out / f"{stem}.png")
+    return {
+        "path": f"{stem}.png",
+        "array": f"{stem}.npy",
+        "label": kind,
+        "class": cls,
+        "image": Path(project.scenes[p.scene].path).name,
+        "angle_deg": angle,
+        "heading_deg": heading,
+    }

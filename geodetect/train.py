@@ -1,0 +1,353 @@
+"""`geodetect train`: positives and negatives -> a rotation-aware detector in `DIR/model.pt`.
+
+The loop is plain PyTorch: AdamW with a one-cycle schedule over `epochs` x `chips_per_epoch`
+random chips, masked focal + regression loss, validation on held-out labels after every
+epoch, a checkpoint after every epoch (atomic), and the final model file. Every random draw
+is a function of (seed, epoch, chip index, rank), so a resumed run equals an uninterrupted
+one and `torchrun` ranks draw different chips.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from geodetect import ddp, transforms
+from geodetect.atomic import atomic_path
+from geodetect.config import Config, dump_config
+from geodetect.device import autocast, resolve_device, use_amp
+from geodetect.errors import InputError
+from geodetect.model import build_model, decode, detection_loss, make_arch, model_blob
+from geodetect.samples import (
+    Patch,
+    Project,
+    extract_patches,
+    load_project,
+    make_chip,
+    split_validation,
+)
+
+CHECKPOINT = "checkpoint.pt"
+VAL_THRESHOLD = 0.05
+
+
+class ChipSet(torch.utils.data.Dataset):
+    """`chips_per_epoch` random chips per epoch, each a pure function of its seed tuple."""
+
+    def __init__(self, project: Project, pos: list[Patch], neg: list[Patch], seed: int, rank: int):
+        self.project, self.pos, self.neg = project, pos, neg
+        self.cfg = project.config.train
+        self.seed, self.rank, self.epoch = seed, rank, 0
+        self.by_class = [
+            [i for i, p in enumerate(pos) if p.focus_class == k] for k in range(len(project.classes))
+        ]
+        self.by_class = [c for c in self.by_class if c]
+        self.neg_weights = np.ones(len(neg))
+        self.length = self.cfg.chips_per_epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def pick(self, rng: np.random.Generator) -> tuple[int, Patch]:
+        """A negative (hard ones more often) or a positive of a uniformly drawn class."""
+        if self.neg and (not self.by_class or rng.random() < self.cfg.negative_fraction):
+            w = self.neg_weights / self.neg_weights.sum()
+            i = int(rng.choice(len(self.neg), p=w))
+            return i, self.neg[i]
+        members = self.by_class[int(rng.integers(len(self.by_class)))]
+        return -1, self.pos[members[int(rng.integers(len(members)))]]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rng = np.random.default_rng([self.seed, self.epoch, index, self.rank])
+        neg_index, patch = self.pick(rng)
+        chip = self.project.chip
+        params = transforms.draw_params(rng, self.cfg, max_shift=0.25 * chip)
+        item = make_chip(patch, params, chip, len(self.project.classes), len(self.project.bands))
+        item["neg_index"] = neg_index
+        return item
+
+
+def _collate(items: list[dict]) -> dict[str, torch.Tensor]:
+    return {k: torch.as_tensor(np.stack([it[k] for it in items])) for k in items[0]}
+
+
+def _loader(data: ChipSet, batch_size: int, workers: int, world: int) -> torch.utils.data.DataLoader:
+    data.length = max(batch_size, math.ceil(data.cfg.chips_per_epoch / world))
+    return torch.utils.data.DataLoader(
+        data,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate,
+        drop_last=True,
+        persistent_workers=False,
+    )
+
+
+# ------------------------------------------------------------------------------ validation
+
+
+def _view_detections(net: torch.nn.Module, views: list[Patch], project: Project, dev: torch.device):
+    """Detections on validation patches whose centre lies in a known, valid pixel (scene frame)."""
+    out = []
+    for start in range(0, len(views), 8):
+        batch = views[start : start + 8]
+        x = torch.as_tensor(np.stack([v.image.astype(np.float32) for v in batch])).to(dev)
+        with torch.inference_mode(), autocast(dev):
+            res = net(x)
+        res = {k: t.float() for k, t in res.items()}
+        for v, d in zip(batch, decode(res, VAL_THRESHOLD, project.has_front), strict=True):
+            b = d["boxes"]
+            col = np.clip(b[:, 0].astype(int), 0, v.known.shape[1] - 1)
+            row = np.clip(b[:, 1].astype(int), 0, v.known.shape[0] - 1)
+            keep = (v.known[row, col] > 0) & (v.valid[row, col] > 0)
+            b = b[keep].copy()
+            b[:, 0] += v.origin[0]
+            b[:, 1] += v.origin[1]
+            out.append((v.scene, b, d["scores"][keep], d["classes"][keep]))
+    return out
+
+
+def validate(net: torch.nn.Module, views: list[Patch], project: Project, dev: torch.device) -> dict:
+    """AP50 per class on held-out labels; detections in unknown areas are neither right nor wrong."""
+    from geodetect.evaluate import class_metrics
+    from geodetect.geometry import rotated_nms
+
+    net.eval()
+    dets = _view_detections(net, views, project, dev)
+    net.train()
+    result: dict[str, float | None] = {}
+    for k, name in enumerate(project.classes):
+        pb, ps, pg, tb, tg = [], [], [], [], []
+        for s_idx, scene in enumerate(project.scenes):
+            parts = [(b[c == k], s[c == k]) for si, b, s, c in dets if si == s_idx]
+            if parts:
+                b = np.concatenate([p[0] for p in parts])
+                s = np.concatenate([p[1] for p in parts])
+                keep = np.asarray(rotated_nms(b, s, 0.5), np.int64) if len(b) else np.zeros(0, int)
+                pb.append(b[keep])
+                ps.append(s[keep])
+                pg += [s_idx] * len(keep)
+            truth = scene.boxes[scene.pos_val & (scene.classes == k)]
+            tb.append(truth)
+            tg += [s_idx] * len(truth)
+        if not tg:
+            result[name] = None
+            continue
+        m = class_metrics(
+            np.concatenate(pb) if pb else np.zeros((0, 5)),
+            np.concatenate(ps) if ps else np.zeros(0),
+            np.concatenate(tb),
+            0.5,
+            pred_groups=pg,
+            truth_groups=tg,
+        )
+        result[name] = m["ap"]
+    return result
+
+
+# ------------------------------------------------------------------------------ the loop
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+
+
+def _save(obj: dict, path: Path) -> None:
+    with atomic_path(path, suffix=".tmp") as tmp:
+        torch.save(obj, tmp)
+
+
+def _load_checkpoint(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a checkpoint cut by a crash: say so, do not guess
+        raise InputError(f"{path}: unreadable checkpoint ({exc}); remove it to start over") from None
+
+
+def _meta(project: Project, arch: dict, model_stats: dict, history: list, config: Config) -> dict:
+    last = history[-1] if history else {}
+    return {
+        "classes": list(project.classes),
+        "has_front": [bool(f) for f in project.has_front],
+        "bands": [int(b) for b in project.bands],
+        "elevation": bool(project.elevation),
+        "gsd": float(project.gsd),
+        "normalisation": {
+            "method": "percentile",
+            "stats": config.data.stats,
+            "percentiles": [float(p) for p in config.data.percentiles],
+            "model_stats": model_stats,
+            "elevation_scale": float(config.data.elevation_scale),
+        },
+        "config": dump_config(config),
+        "arch": arch,
+        "metrics": {"val_ap50": last.get("val_ap50", {}), "loss": last.get("loss")},
+    }
+
+
+def train(
+    images: list[str],
+    labels: str,
+    pointclouds: list[str] | None = None,
+    config: Config | None = None,
+    out_dir: str | Path = "run",
+    device: str | torch.device | None = "auto",
+    seed: int = 0,
+    resume: bool = False,
+    progress: bool = False,
+    callback: Callable[[dict], None] | None = None,
+) -> Path:
+    """Train a detector; returns the path of `out_dir/model.pt` (also writes metrics.json).
+
+    `callback`, when given, is called after every step with {"epoch", "epochs", "step",
+    "total_steps", "loss"}; an exception raised in it stops training (the last finished
+    epoch's checkpoint stays, so `resume=True` continues). Under `torchrun` every rank trains
+    on its own chips and rank 0 writes the files.
+    """
+    config = config or Config()
+    out = Path(out_dir)
+    dev = resolve_device(device)
+    with ddp.distributed(dev) as (info, dev):
+        return _train(images, labels, pointclouds, config, out, dev, seed, resume, progress,
+                      callback, info)  # fmt: skip
+
+
+def _train(images, labels, pointclouds, config, out, dev, seed, resume, progress, callback, info):
+    _seed_everything(seed)
+    project = load_project([str(i) for i in images], str(labels), pointclouds, config)
+    split_validation(project, config.train.val_fraction, seed)
+    pos, neg = extract_patches(project, training=True, seed=seed)
+    vpos, vneg = extract_patches(project, training=False, seed=seed)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    ddp.barrier()
+    arch = make_arch(project.in_channels, len(project.classes), config.model)
+    arch["pretrained"] = config.model.pretrained
+    net = build_model(arch).to(dev)
+    arch["pretrained"] = None
+    tc = config.train
+    data = ChipSet(project, pos, neg, seed, info.rank)
+    loader = _loader(data, tc.batch_size, tc.workers, info.world_size)
+    steps = len(loader)
+    opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=tc.lr, total_steps=tc.epochs * steps, pct_start=0.15
+    )
+    amp = use_amp(dev, tc.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    history: list[dict] = []
+    start = 0
+    ckpt = _load_checkpoint(out / CHECKPOINT) if resume else None
+    if ckpt is not None:
+        net.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        data.neg_weights = ckpt["neg_weights"].numpy().astype(np.float64)
+        history, start = list(ckpt["history"]), int(ckpt["epoch"])
+    model = ddp.wrap_model(net, dev)
+    model_stats = transforms.mean_stats([s.stats for s in project.scenes])
+    total = tc.epochs * steps
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=start * steps, disable=not (progress and info.is_main),
+               desc="train", unit="step")  # fmt: skip
+    t0 = time.perf_counter()
+    for epoch in range(start, tc.epochs):
+        data.epoch = epoch
+        model.train()
+        losses, neg_loss, neg_count = [], np.zeros(len(neg)), np.zeros(len(neg))
+        for step, batch in enumerate(loader):
+            batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+            with autocast(dev, tc.amp):
+                outputs = model(batch["image"])
+            loss, parts, per_chip = detection_loss(outputs, batch)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            losses.append(float(loss))
+            ni = batch["neg_index"].cpu().numpy()
+            for i, v in zip(ni, per_chip.cpu().numpy(), strict=True):
+                if i >= 0:
+                    neg_loss[i] += v
+                    neg_count[i] += 1
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss):.3f}")
+            if callback is not None:
+                callback({"epoch": epoch + 1, "epochs": tc.epochs, "step": epoch * steps + step + 1,
+                          "total_steps": total, "loss": float(loss)})  # fmt: skip
+        data.neg_weights = _hard_negative_weights(data.neg_weights, neg_loss, neg_count, tc)
+        val = validate(ddp.unwrap(model), vpos + vneg, project, dev) if (vpos or vneg) else {}
+        aps = [v for v in val.values() if v is not None]
+        record = {
+            "epoch": epoch + 1,
+            "loss": ddp.all_reduce_mean(float(np.mean(losses)) if losses else float("nan")),
+            "val_ap50": val,
+            "val_mean_ap50": float(np.mean(aps)) if aps else None,
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+        history.append(record)
+        bar.set_postfix(epoch=epoch + 1, loss=f"{record['loss']:.3f}",
+                        val_ap50=_fmt(record["val_mean_ap50"]))  # fmt: skip
+        if info.is_main:
+            _save(
+                {
+                    "model": ddp.unwrap(model).state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "neg_weights": torch.as_tensor(data.neg_weights),
+                    "history": history,
+                    "epoch": epoch + 1,
+                },
+                out / CHECKPOINT,
+            )
+        ddp.barrier()
+    bar.close()
+    meta = _meta(project, arch, model_stats, history, config)
+    path = out / "model.pt"
+    if info.is_main:
+        _save(model_blob(ddp.unwrap(model), meta), path)
+        summary = {"classes": project.classes, "gsd": project.gsd, "bands": project.bands,
+                   "elevation": project.elevation, "train_positives": len(pos),
+                   "train_negative_patches": len(neg), "val_views": len(vpos) + len(vneg),
+                   "epochs": history}  # fmt: skip
+        with atomic_path(out / "metrics.json") as tmp:
+            tmp.write_text(json.dumps(summary, indent=2))
+    ddp.barrier()
+    return path
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def _hard_negative_weights(
+    old: np.ndarray, loss: np.ndarray, count: np.ndarray, cfg: Any
+) -> np.ndarray:
+    """Negatives the network still fires on (high background loss) are drawn up to
+    `hard_negative_weight` times as often; unseen ones keep their weight."""
+    t_loss = ddp.all_reduce_sum(torch.as_tensor(loss))
+    t_count = ddp.all_reduce_sum(torch.as_tensor(count))
+    loss, count = t_loss.numpy(), t_count.numpy()
+    if len(old) == 0 or not (count > 0).any():
+        return old
+    mean = np.where(count > 0, loss / np.maximum(count, 1), np.nan)
+    top = np.nanmax(mean)
+    if not top > 0:
+        return old
+    fresh = 1.0 + (cfg.hard_negative_weight - 1.0) * np.nan_to_num(mean / top, nan=0.0)
+    return np.where(count > 0, 0.5 * old + 0.5 * fresh, old)

@@ -1,0 +1,220 @@
+"""The only albumentations user: colour, scale and rotation normalisation and augmentation.
+
+Why each step exists:
+- colour: scenes differ in bit depth (uint8/uint16/float) and in light; a robust per-band
+  range (percentiles, nodata excluded) per scene maps all of them to about [0, 1], so the
+  network never sees a bit depth or a colour cast.
+- scale: every chip is read at one ground sample distance (the reading side, raster.py, does
+  the resampling); a small random zoom covers what resampling cannot.
+- rotation: positives are cut in a canonical orientation for people to inspect, and training
+  chips are rotated by known random angles (any angle) so the network learns to read the
+  orientation instead of memorising one.
+
+Boxes travel through albumentations as their four corners (keypoints): the corners of a
+rotated, scaled, mirrored rectangle are still a rectangle, and the corner order keeps the
+front, so angle and heading bookkeeping is exact. Albumentations' keypoints use pixel-index
+coordinates (pixel centres on integers); our pixel frame has centres at +0.5, hence the shift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import numpy as np
+
+from geodetect import geometry
+
+_KP = A.KeypointParams(format="xy", remove_invisible=False, check_each_transform=False)
+
+
+# ------------------------------------------------------------------------------ colour
+
+
+def percentiles_of(meta_or_config: Any) -> tuple[float, float]:
+    """The percentile pair from a model meta dict, a Config, a DataConfig, or a plain pair."""
+    if isinstance(meta_or_config, dict):
+        norm = meta_or_config.get("normalisation") or {}
+        pair = norm.get("percentiles") or (meta_or_config.get("config") or {}).get("data", {}).get(
+            "percentiles"
+        )
+        return tuple(pair or (2.0, 98.0))  # type: ignore[return-value]
+    data = getattr(meta_or_config, "data", meta_or_config)
+    if hasattr(data, "percentiles"):
+        return tuple(data.percentiles)  # type: ignore[return-value]
+    if meta_or_config is None:
+        return (2.0, 98.0)
+    return tuple(meta_or_config)  # type: ignore[arg-type]
+
+
+def scene_stats(
+    path: str | Path, bands: list[int], meta_or_config: Any = None, max_pixels: int = 200_000
+) -> dict[str, Any]:
+    """Robust per-band range of a scene: {"low", "high", "percentiles", "pixels"}.
+
+    From overviews or a seeded sample of windows (raster.sample_pixels), nodata excluded, so
+    it costs the same for a 1 Mpx and a 1 Gpx scene and is the same every run.
+    """
+    from geodetect.errors import InputError
+    from geodetect.raster import sample_pixels
+
+    lo_p, hi_p = percentiles_of(meta_or_config)
+    values = sample_pixels(path, bands, max_pixels=max_pixels, seed=0)
+    if values.shape[1] == 0:
+        raise InputError(f"{path}: has no valid pixels (all nodata)")
+    low = np.percentile(values, lo_p, axis=1)
+    high = np.percentile(values, hi_p, axis=1)
+    high = np.where(high - low > 1e-6, high, low + 1.0)  # a constant band maps to 0
+    return {
+        "low": [float(v) for v in low],
+        "high": [float(v) for v in high],
+        "percentiles": [float(lo_p), float(hi_p)],
+        "pixels": int(values.shape[1]),
+    }
+
+
+def mean_stats(stats: list[dict[str, Any]]) -> dict[str, Any]:
+    """Training-set statistics (mean of the scenes'), saved for `stats: model` inference."""
+    return {
+        "low": np.mean([s["low"] for s in stats], axis=0).tolist(),
+        "high": np.mean([s["high"] for s in stats], axis=0).tolist(),
+        "percentiles": stats[0]["percentiles"],
+    }
+
+
+def normalise(data: np.ndarray, valid: np.ndarray, stats: dict[str, Any]) -> np.ndarray:
+    """(C, H, W) raw values -> float32 with the band's robust range at [0, 1]; nodata -> 0."""
+    low = np.asarray(stats["low"], np.float32)[:, None, None]
+    high = np.asarray(stats["high"], np.float32)[:, None, None]
+    out = (data.astype(np.float32, copy=False) - low) / (high - low)
+    np.clip(out, -0.5, 1.5, out=out)
+    out[:, ~valid] = 0.0
+    return out
+
+
+def elevation_channel(ndsm: np.ndarray | None, shape: tuple[int, int], scale: float) -> np.ndarray:
+    """nDSM metres -> (1, H, W) float32 (`scale` metres = 1.0), no points -> 0."""
+    if ndsm is None:
+        return np.zeros((1, *shape), np.float32)
+    e = np.nan_to_num(ndsm.astype(np.float32) / scale, nan=0.0, posinf=0.0, neginf=0.0)
+    return np.clip(e, 0.0, 5.0)[None]
+
+
+def prepare_input(
+    data: np.ndarray,
+    valid: np.ndarray,
+    ndsm: np.ndarray | None,
+    meta: dict[str, Any],
+    scene_stats: dict[str, Any] | None,
+) -> np.ndarray:
+    """A network input (C', H, W) float32 from raw bands (+ nDSM), exactly as in training."""
+    norm = meta.get("normalisation") or {}
+    stats = scene_stats or norm.get("model_stats")
+    x = normalise(data, valid, stats)
+    if meta.get("elevation"):
+        scale = float(norm.get("elevation_scale", 10.0))
+        x = np.concatenate([x, elevation_channel(ndsm, valid.shape, scale)], axis=0)
+    return np.ascontiguousarray(x, np.float32)
+
+
+# ------------------------------------------------------------------------------ geometry
+
+
+@dataclass(frozen=True)
+class ChipParams:
+    """One chip's random draw; explicit so a seed fully determines the training data."""
+
+    rotate: float = 0.0  # degrees clockwise
+    dx: float = 0.0  # translation in pixels after rotation
+    dy: float = 0.0
+    scale: float = 1.0
+    flip: bool = False  # mirror left-right after the affine
+    brightness: float = 0.0
+    contrast: float = 0.0
+
+
+def draw_params(rng: np.random.Generator, cfg: Any, max_shift: float) -> ChipParams:
+    """Random ChipParams from a TrainConfig (rotation any angle, shift within `max_shift`)."""
+    s = float(cfg.scale_jitter)
+    c = float(cfg.colour_jitter)
+    return ChipParams(
+        rotate=float(rng.uniform(0.0, 360.0)) if cfg.rotate else 0.0,
+        dx=float(rng.uniform(-max_shift, max_shift)),
+        dy=float(rng.uniform(-max_shift, max_shift)),
+        scale=float(rng.uniform(1.0 - s, 1.0 + s)),
+        flip=bool(cfg.flip and rng.random() < 0.5),
+        brightness=float(rng.uniform(-c, c)),
+        contrast=float(rng.uniform(-c, c)),
+    )
+
+
+def _pipeline(p: ChipParams, out: int, colour_channels: int) -> A.Compose:
+    ops: list[A.BasicTransform] = [
+        A.Affine(
+            rotate=(-p.rotate, -p.rotate),  # albumentations turns counter-clockwise
+            translate_px={"x": (round(p.dx), round(p.dx)), "y": (round(p.dy), round(p.dy))},
+            scale=(p.scale, p.scale),
+            interpolation=1,
+            mask_interpolation=0,
+            border_mode=0,
+            fill=0,
+            fill_mask=0,
+            p=1.0,
+        ),
+        A.CenterCrop(out, out),
+    ]
+    if p.flip:
+        ops.append(A.HorizontalFlip(p=1.0))
+    return A.Compose(ops, keypoint_params=_KP)
+
+
+def _colour(img: np.ndarray, p: ChipParams, colour_channels: int) -> np.ndarray:
+    """Brightness/contrast jitter on the colour channels only (never on elevation)."""
+    if p.brightness == 0.0 and p.contrast == 0.0:
+        return img
+    jitter = A.RandomBrightnessContrast(
+        brightness_limit=(p.brightness, p.brightness),
+        contrast_limit=(p.contrast, p.contrast),
+        ensure_safe_range=False,
+        p=1.0,
+    )
+    colour = np.ascontiguousarray(img[..., :colour_channels])
+    img = img.copy()
+    img[..., :colour_channels] = jitter(image=colour)["image"]
+    return img
+
+
+def transform_chip(
+    image: np.ndarray,
+    masks: list[np.ndarray],
+    boxes: np.ndarray,
+    headings: np.ndarray,
+    params: ChipParams,
+    out: int,
+    colour_channels: int | None = None,
+) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, np.ndarray]:
+    """Rotate/shift/zoom/mirror a patch about its centre and crop an `out` x `out` chip.
+
+    image (C, H, W) float32; masks (H, W) uint8 (0 outside the patch after rotation); boxes
+    (N, 5) and headings (N,) in the patch's pixel frame. Returns the chip (C, out, out), its
+    masks, and boxes/headings in the chip frame: a rotation by θ adds θ to every angle.
+    """
+    hwc = np.ascontiguousarray(np.moveaxis(image, 0, -1), np.float32)
+    corners = geometry.box_corners(boxes, y_down=True, headings=headings).reshape(-1, 2)
+    res = _pipeline(params, out, hwc.shape[-1])(
+        image=hwc, masks=[m.astype(np.uint8) for m in masks], keypoints=corners - 0.5
+    )
+    chip = _colour(res["image"], params, colour_channels or hwc.shape[-1])
+    kp = np.asarray(res["keypoints"], np.float64).reshape(-1, 4, 2) + 0.5
+    new_boxes, new_heads = geometry.boxes_from_corners(kp, y_down=True, rtol=1e-2)
+    new_heads = np.where(np.isfinite(np.asarray(headings, np.float64)), new_heads, np.nan)
+    return np.ascontiguousarray(np.moveaxis(chip, -1, 0)), list(res["masks"]), new_boxes, new_heads
+
+
+def canonical_params(box: np.ndarray, heading: float) -> ChipParams:
+    """The rotation that lays a box's long axis along +x with its front (if any) to the right."""
+    target = 90.0  # east in the pixel frame
+    ref = heading if np.isfinite(heading) else box[4]
+    return ChipParams(rotate=float(target - ref))
