@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import geopandas as gpd
@@ -341,12 +341,23 @@ class _Pair:
     tg: np.ndarray | None
 
 
+def _image_names(gdf: Any) -> np.ndarray | None:
+    """File names in the `image` field (paths from any OS, as labels reads them); None unless
+    every row names one, so matching then stays within each scene."""
+    if "image" not in gdf.columns:
+        return None
+    text = gdf["image"].map(lambda v: v.strip() if isinstance(v, str) else "")
+    names = text.map(lambda v: PurePath(v.replace("\\", "/")).name if v else None)
+    return None if names.isna().any() else names.to_numpy(dtype=str)
+
+
 def _pair(pred: Source, truth: Source) -> _Pair:
     p, t, pn, tn = _read_pair(pred, truth)
     crs = comparison_crs(p, t)
     pb, ph = _boxes_in(p, crs, pn)
     tb, th = _boxes_in(t, crs, tn)
-    use_groups = "image" in p.columns and "image" in t.columns and t["image"].notna().all()
+    pg, tg = _image_names(p), _image_names(t)
+    use_groups = pg is not None and tg is not None
     return _Pair(
         p=p,
         t=t,
@@ -357,8 +368,8 @@ def _pair(pred: Source, truth: Source) -> _Pair:
         pc=p["class"].astype(str).to_numpy(),
         tc=t["class"].astype(str).to_numpy(),
         scores=p["score"].to_numpy(float) if "score" in p.columns else np.ones(len(p)),
-        pg=p["image"].astype(str).to_numpy() if use_groups else None,
-        tg=t["image"].astype(str).to_numpy() if use_groups else None,
+        pg=pg if use_groups else None,
+        tg=tg if use_groups else None,
     )
 
 

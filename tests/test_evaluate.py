@@ -260,6 +260,18 @@ def test_headings_follow_meridian_convergence(tmp_path):
     assert v["heading_correct_rate"] == 1.0
 
 
+def test_image_field_matched_by_file_name(files):
+    """Truth naming its scene by a path (any OS) still matches detections naming the file."""
+    pred, truth, tmp = files
+    t = gpd.read_file(truth).assign(image="C:\\data\\s.tif")
+    t.to_file(tmp / "t_path.gpkg", driver="GPKG")
+    r = evaluate(pred, tmp / "t_path.gpkg", iou=0.5)
+    assert (r["classes"]["vehicle"]["tp"], r["classes"]["building"]["tp"]) == (1, 1)
+    t.assign(image="other.tif").to_file(tmp / "t_other.gpkg", driver="GPKG")
+    r = evaluate(pred, tmp / "t_other.gpkg", iou=0.5)
+    assert (r["classes"]["vehicle"]["tp"], r["classes"]["building"]["tp"]) == (0, 0)
+
+
 def test_hand_drawn_and_multipolygon_truth(files):
     """Truth as QGIS saves it: one-part MultiPolygons, corners a few cm off square."""
     pred, truth, tmp = files
