@@ -1,0 +1,123 @@
+"""model: shapes, target encoding <-> decoding, the masked loss, model files."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from geodetect.errors import ModelError
+from geodetect.model import (
+    MULTIPLE,
+    STRIDE,
+    build_model,
+    decode,
+    detection_loss,
+    encode_targets,
+    load_model,
+    model_blob,
+)
+
+ARCH = {"in_channels": 4, "n_classes": 2, "width": 8, "backbone": "none", "multiple": MULTIPLE}
+
+
+def test_network_outputs_at_stride_four():
+    net = build_model(ARCH).eval()
+    out = net(torch.zeros(2, 4, 128, 96))
+    assert out["heatmap"].shape == (2, 2, 32, 24)
+    for k in ("offset", "size", "angle", "heading"):
+        assert out[k].shape == (2, 2, 32, 24)
+
+
+def _perfect_outputs(t: dict, n_classes: int, shape: tuple[int, int]) -> dict:
+    """Network outputs that say exactly what the targets say (logits +-20)."""
+    h, w = shape[0] // STRIDE, shape[1] // STRIDE
+    heat = torch.full((1, n_classes, h, w), -20.0)
+    heat[0][torch.as_tensor(t["heatmap"]) == 1] = 20.0
+    reg = torch.zeros(1, 8, h * w)
+    for n in np.nonzero(t["reg_mask"][:, 0])[0]:
+        reg[0, :, t["index"][n]] = torch.as_tensor(t["reg"][n])
+    reg = reg.reshape(1, 8, h, w)
+    return {"heatmap": heat, "offset": reg[:, 0:2], "size": reg[:, 2:4], "angle": reg[:, 4:6],
+            "heading": reg[:, 6:8]}  # fmt: skip
+
+
+def test_decode_inverts_encode_for_any_angle():
+    boxes = np.array(
+        [[30.3, 40.7, 18.0, 7.0, 0.0], [80.0, 20.0, 18.0, 7.0, 123.4], [60.5, 90.1, 60, 40, 179.0]]
+    )
+    classes = np.array([0, 0, 1])
+    heads = np.array([180.0, 123.4, np.nan])
+    t = encode_targets(boxes, classes, heads, (128, 128), 2)
+    dets = decode(_perfect_outputs(t, 2, (128, 128)), 0.5, [True, False])[0]
+    order = np.argsort(dets["boxes"][:, 0])
+    got = dets["boxes"][order]
+    want = boxes[np.argsort(boxes[:, 0])]
+    assert np.allclose(got[:, :4], want[:, :4], atol=1e-3)
+    diff = np.abs((got[:, 4] - want[:, 4] + 90) % 180 - 90)
+    assert diff.max() < 1e-3
+    assert dets["classes"][order].tolist() == [0, 1, 0]
+    h = dets["headings"][order]
+    assert h[0] == pytest.approx(180.0, abs=1e-3) and np.isnan(h[1])
+    assert h[2] == pytest.approx(123.4, abs=1e-3)
+
+
+def test_unknown_pixels_carry_no_loss():
+    """Gradients w.r.t. the heatmap vanish wherever the known mask is 0, whatever the net says."""
+    t = encode_targets(np.array([[20.0, 20.0, 16, 6, 30]]), np.array([0]), np.array([np.nan]),
+                       (64, 64), 1)  # fmt: skip
+    known = np.ones((1, 16, 16), np.float32)
+    known[:, :, 8:] = 0  # right half unknown
+    batch = {k: torch.as_tensor(v)[None] for k, v in t.items()}
+    batch["known"] = torch.as_tensor(known)[None]
+    logits = torch.randn(1, 1, 16, 16, requires_grad=True)
+    zeros = torch.zeros(1, 2, 16, 16)
+    out = {"heatmap": logits, "offset": zeros, "size": zeros, "angle": zeros, "heading": zeros}
+    loss, _, _ = detection_loss(out, batch)
+    loss.backward()
+    g = logits.grad[0, 0]
+    assert (g[:, 8:] == 0).all()
+    assert (g[:, :8] != 0).any()
+    # and a confident false positive in the unknown half costs nothing
+    logits2 = logits.detach().clone()
+    logits2[0, 0, 3, 12] = 15.0
+    loss2, _, _ = detection_loss({**out, "heatmap": logits2}, batch)
+    assert float(loss2) == pytest.approx(float(loss), rel=1e-6)
+
+
+def test_model_file_round_trip_and_weights_only(tmp_path):
+    net = build_model(ARCH)
+    meta = {"classes": ["a", "b"], "has_front": [True, False], "bands": [1, 2, 3],
+            "elevation": True, "gsd": 0.25, "arch": ARCH, "normalisation": {}, "config": {}}  # fmt: skip
+    path = tmp_path / "model.pt"
+    torch.save(model_blob(net, meta), path)
+    loaded, got = load_model(path)
+    assert got["classes"] == ["a", "b"] and got["gsd"] == 0.25
+    for a, b in zip(net.state_dict().values(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_foreign_and_malicious_files_are_model_errors(tmp_path):
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps(_Evil()))
+    torch.save({"state_dict": {}, "hello": 1}, tmp_path / "other.pt")
+    (tmp_path / "text.pt").write_text("not a model")
+    torch.save({"format": "geodetect-model", "version": 1, "state_dict": {"x": torch.zeros(1)},
+                "classes": ["a"], "has_front": [False], "bands": [1], "elevation": False,
+                "gsd": 1.0, "arch": ARCH}, tmp_path / "bad_weights.pt")  # fmt: skip
+    for name, words in [
+        ("evil.pt", "not a geodetect model"),
+        ("other.pt", "not a geodetect model"),
+        ("text.pt", "not a geodetect model"),
+        ("bad_weights.pt", "do not fit"),
+        ("missing.pt", "not found"),
+    ]:
+        with pytest.raises(ModelError, match=words):
+            load_model(tmp_path / name)

@@ -1,0 +1,125 @@
+"""samples: known/unknown masks from sparse labels, validation split, `geodetect samples`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import shapely
+
+from _painted import write_scene
+from geodetect.cli import main
+from geodetect.config import load_config
+from geodetect.samples import (
+    extract_patches,
+    known_at_stride,
+    load_project,
+    split_validation,
+    write_samples,
+)
+
+CARS = np.array(
+    [
+        [60.0, 60.0, 24.0, 10.0, 30.0],
+        [190.0, 70.0, 24.0, 10.0, 120.0],
+        [70.0, 190.0, 24.0, 10.0, 75.0],
+        [180.0, 180.0, 24.0, 10.0, 160.0],
+    ]
+)
+HEADS = np.array([30.0, 300.0, 75.0, 340.0])
+# a negative square with a hole: the hole is unknown, not negative
+NEG = shapely.Polygon(
+    [(100, 100), (160, 100), (160, 160), (100, 160)], [[(120, 120), (140, 120), (140, 140), (120, 140)]]
+)
+
+
+@pytest.fixture(scope="module")
+def painted(tmp_path_factory):
+    return write_scene(tmp_path_factory.mktemp("painted"), CARS, HEADS, [NEG])
+
+
+def _project(painted, **over):
+    config = load_config(None, {"data.chip_size": 64, **over})
+    return load_project([str(painted[0])], str(painted[1]), None, config)
+
+
+def test_known_mask_is_negatives_and_positives_only(painted):
+    project = _project(painted)
+    split_validation(project, 0.0, 0)
+    pos, neg = extract_patches(project, training=True)
+    assert len(pos) == 4 and len(neg) >= 1
+    assert project.classes == ["car"] and project.has_front == [True]
+    p = neg[0]
+    ox, oy = p.origin
+    known = p.known.astype(bool)
+
+    def at(x: float, y: float) -> bool:
+        return bool(known[int(y - oy), int(x - ox)])
+
+    assert at(105, 105) and at(155, 150)  # inside the negative
+    assert not at(130, 130)  # its hole: unknown
+    assert not at(95, 130) or not (0 <= 95 - ox < known.shape[1])  # outside everything
+    assert at(CARS[0, 0], CARS[0, 1]) if 0 <= CARS[0, 0] - ox < known.shape[1] else True
+    # nothing else is known: the known area equals the labelled area inside the patch
+    area = shapely.box(ox, oy, ox + known.shape[1], oy + known.shape[0])
+    from geodetect.geometry import box_polygons
+
+    labelled = shapely.union_all([NEG, *box_polygons(CARS)]).intersection(area).area
+    assert known.sum() == pytest.approx(labelled, rel=0.05)
+
+
+def test_validation_labels_are_unknown_in_training_patches(painted):
+    project = _project(painted)
+    split_validation(project, 0.25, seed=3)
+    scene = project.scenes[0]
+    assert scene.pos_val.sum() == 1
+    held = CARS[scene.pos_val][0]
+    pos, _ = extract_patches(project, training=True)
+    assert len(pos) == 3
+    for p in pos:
+        centre = held[:2] - p.origin
+        # the held-out car is not a target and its pixels are not known in any training patch
+        assert not np.any(np.all(np.isclose(p.boxes[:, :2], centre), axis=1))
+        r, c = int(centre[1]), int(centre[0])
+        if 0 <= r < p.known.shape[0] and 0 <= c < p.known.shape[1]:
+            assert p.known[r, c] == 0
+    vpos, _ = extract_patches(project, training=False)
+    assert len(vpos) == 1 and len(vpos[0].boxes) == 1
+
+
+def test_known_at_stride_needs_most_pixels_known():
+    valid = np.ones((8, 8), np.uint8)
+    known = np.zeros((8, 8), np.uint8)
+    known[:4, :2] = 1  # half of cell (0, 0)
+    known[4:, 4:] = 1
+    valid[4:7, 4:8] = 0  # three quarters of cell (1, 1) is nodata: not enough
+    k = known_at_stride(valid, known, 4)
+    assert k.tolist() == [[[1.0, 0.0], [0.0, 0.0]]]
+
+
+def test_samples_writes_canonical_positive_chips(painted, tmp_path):
+    index = write_samples([str(painted[0])], str(painted[1]), None,
+                          load_config(None, {"data.chip_size": 64}), tmp_path / "s")  # fmt: skip
+    table = pd.read_csv(index)
+    assert list(table.columns[:7]) == ["path", "array", "label", "class", "image", "angle_deg",
+                                       "heading_deg"]  # fmt: skip
+    pos = table[table["label"] == "positive"]
+    assert len(pos) == 4 and (table["label"] == "negative").sum() >= 1
+    for row in pos.itertuples():
+        assert (tmp_path / "s" / row.path).is_file()
+        chip = np.load(tmp_path / "s" / row.array)
+        assert chip.shape == (3, 64, 64)
+        red = chip[0] > 1.2  # the car body (far above the ground's range)
+        dark = (chip[0] < -0.3) & (chip[2] < -0.3)  # windshield, toward the front
+        ys, xs = np.nonzero(red | dark)
+        assert np.ptp(xs) > 2 * np.ptp(ys)  # long axis along x
+        dy, dx = np.nonzero(dark)
+        assert dx.mean() > xs.mean()  # front to the right
+
+
+def test_samples_cli_errors_are_one_line(painted, tmp_path, capsys):
+    code = main(["samples", str(painted[0]), "--labels", str(tmp_path / "nope.gpkg"),
+                 "--out", str(tmp_path / "o")])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and err[0].startswith("error:")
+    assert not (tmp_path / "o" / "samples.csv").exists()
