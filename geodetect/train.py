@@ -279,7 +279,7 @@ def _train(images, labels, pointclouds, config, out, dev, seed, resume, progress
             scaler.step(opt)
             scaler.update()
             sched.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             ni = batch["neg_index"].cpu().numpy()
             for i, v in zip(ni, per_chip.cpu().numpy(), strict=True):
                 if i >= 0:
@@ -289,7 +289,7 @@ def _train(images, labels, pointclouds, config, out, dev, seed, resume, progress
             bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss):.3f}")
             if callback is not None:
                 callback({"epoch": epoch + 1, "epochs": tc.epochs, "step": epoch * steps + step + 1,
-                          "total_steps": total, "loss": float(loss)})  # fmt: skip
+                          "total_steps": total, "loss": float(loss.detach())})  # fmt: skip
         data.neg_weights = _hard_negative_weights(data.neg_weights, neg_loss, neg_count, tc)
         val = validate(ddp.unwrap(model), vpos + vneg, project, dev) if (vpos or vneg) else {}
         aps = [v for v in val.values() if v is not None]

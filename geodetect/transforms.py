@@ -27,6 +27,7 @@ import numpy as np
 
 from geodetect import geometry
 
+LOW, SPAN = -0.5, 2.0  # normalised values live in [LOW, LOW + SPAN]; the robust range is [0, 1]
 _KP = A.KeypointParams(format="xy", remove_invisible=False, check_each_transform=False)
 
 
@@ -89,7 +90,7 @@ def normalise(data: np.ndarray, valid: np.ndarray, stats: dict[str, Any]) -> np.
     low = np.asarray(stats["low"], np.float32)[:, None, None]
     high = np.asarray(stats["high"], np.float32)[:, None, None]
     out = (data.astype(np.float32, copy=False) - low) / (high - low)
-    np.clip(out, -0.5, 1.5, out=out)
+    np.clip(out, LOW, LOW + SPAN, out=out)
     out[:, ~valid] = 0.0
     return out
 
@@ -171,18 +172,23 @@ def _pipeline(p: ChipParams, out: int, colour_channels: int) -> A.Compose:
 
 
 def _colour(img: np.ndarray, p: ChipParams, colour_channels: int) -> np.ndarray:
-    """Brightness/contrast jitter on the colour channels only (never on elevation)."""
+    """Brightness/contrast jitter on the colour channels only (never on elevation).
+
+    Albumentations clips float images to [0, 1]; our normalised range is [-0.5, 1.5], so the
+    values are mapped into [0, 1] and back around the jitter. Clipping them at 1 would teach
+    the network a look that inference never shows it.
+    """
     if p.brightness == 0.0 and p.contrast == 0.0:
         return img
     jitter = A.RandomBrightnessContrast(
-        brightness_limit=(p.brightness, p.brightness),
+        brightness_limit=(p.brightness / 2, p.brightness / 2),
         contrast_limit=(p.contrast, p.contrast),
         ensure_safe_range=False,
         p=1.0,
     )
-    colour = np.ascontiguousarray(img[..., :colour_channels])
+    colour = np.ascontiguousarray((img[..., :colour_channels] - LOW) / SPAN)
     img = img.copy()
-    img[..., :colour_channels] = jitter(image=colour)["image"]
+    img[..., :colour_channels] = jitter(image=colour)["image"] * SPAN + LOW
     return img
 
 

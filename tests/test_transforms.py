@@ -108,3 +108,13 @@ def test_elevation_channel_scales_metres_and_blanks_holes():
     e = transforms.elevation_channel(ndsm, (2, 2), 10.0)
     assert e.shape == (1, 2, 2)
     assert e[0].tolist() == [[0.0, 0.5], [0.0, 5.0]]
+
+
+def test_colour_jitter_keeps_the_normalised_range():
+    """Values outside [0, 1] (bright roofs, deep shadows) survive the jitter, as at inference."""
+    img = np.array([-0.5, 0.0, 1.0, 1.5], np.float32).reshape(1, 1, 4).repeat(4, axis=1)
+    img = np.repeat(img, 3, axis=0)
+    p = ChipParams(brightness=0.1)
+    chip, _, _, _ = transform_chip(img, [np.ones((4, 4), np.uint8)], np.zeros((0, 5)), np.zeros(0),
+                                   p, 4)  # fmt: skip
+    assert chip[0, 0, 3] > 1.4 and chip[0, 0, 1] == pytest.approx(0.1, abs=1e-3)

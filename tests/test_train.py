@@ -1,0 +1,202 @@
+"""train: determinism and resume, bit depths, the model file, a model that finds objects,
+and every bad input giving one `error:` line with nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import shapely
+import torch
+
+from _painted import write_scene
+from geodetect.cli import main
+from geodetect.config import load_config
+from geodetect.model import load_model
+from geodetect.train import train
+
+torch.set_num_threads(2)
+
+CARS = np.array(
+    [
+        [60.0, 60.0, 24.0, 10.0, 30.0],
+        [190.0, 70.0, 24.0, 10.0, 120.0],
+        [70.0, 190.0, 24.0, 10.0, 75.0],
+        [180.0, 180.0, 24.0, 10.0, 160.0],
+        [128.0, 40.0, 24.0, 10.0, 0.0],
+    ]
+)
+HEADS = np.array([30.0, 300.0, 75.0, 340.0, 180.0])
+NEG = [shapely.box(95, 95, 160, 160), shapely.box(0, 230, 100, 256)]
+TINY = {
+    "data.chip_size": 64,
+    "model.width": 8,
+    "train.epochs": 2,
+    "train.chips_per_epoch": 16,
+    "train.batch_size": 8,
+    "train.val_fraction": 0.2,
+}
+
+
+@pytest.fixture(scope="module")
+def painted(tmp_path_factory):
+    return write_scene(tmp_path_factory.mktemp("painted"), CARS, HEADS, NEG)
+
+
+def _run(painted, out, **kw):
+    over = {**TINY, **kw.pop("over", {})}
+    return train([str(painted[0])], str(painted[1]), None, load_config(None, over), out,
+                 device="cpu", seed=kw.pop("seed", 0), **kw)  # fmt: skip
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def test_model_file_and_metrics(painted, tmp_path):
+    path = _run(painted, tmp_path / "run")
+    assert path == tmp_path / "run" / "model.pt"
+    net, meta = load_model(path)
+    assert meta["classes"] == ["car"] and meta["has_front"] == [True]
+    assert meta["bands"] == [1, 2, 3] and meta["elevation"] is False
+    assert meta["gsd"] == pytest.approx(0.25)
+    assert meta["normalisation"]["stats"] == "scene"
+    assert meta["config"]["train"]["epochs"] == 2
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
+    assert set(metrics["epochs"][0]["val_ap50"]) == {"car"}
+    assert not list((tmp_path / "run").glob(".*"))  # no temp files left
+
+
+def test_same_seed_same_model_and_resume_equals_uninterrupted(painted, tmp_path):
+    straight = _run(painted, tmp_path / "a")
+    again = _run(painted, tmp_path / "b")
+    for k, v in _weights(straight).items():
+        assert torch.equal(v, _weights(again)[k]), k
+
+    class Crash(Exception):
+        pass
+
+    def crash_in_epoch_two(state):
+        if state["epoch"] == 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        _run(painted, tmp_path / "c", callback=crash_in_epoch_two)
+    assert not (tmp_path / "c" / "model.pt").exists()
+    resumed = _run(painted, tmp_path / "c", resume=True)
+    for k, v in _weights(straight).items():
+        assert torch.allclose(v, _weights(resumed)[k], atol=1e-6), k
+    history = json.loads((tmp_path / "c" / "metrics.json").read_text())["epochs"]
+    assert [e["epoch"] for e in history] == [1, 2]
+
+
+def test_uint16_imagery_trains_as_uint8(tmp_path):
+    runs = {}
+    for dtype in ("uint8", "uint16"):
+        img, labels = write_scene(tmp_path / dtype, CARS, HEADS, NEG, dtype=dtype)
+        model = train([str(img)], str(labels), None, load_config(None, TINY), tmp_path / f"r{dtype}",
+                      device="cpu", seed=0)  # fmt: skip
+        runs[dtype] = json.loads((model.parent / "metrics.json").read_text())["epochs"]
+    l8 = [e["loss"] for e in runs["uint8"]]
+    l16 = [e["loss"] for e in runs["uint16"]]
+    assert l16 == pytest.approx(l8, rel=0.02)
+
+
+def test_trained_model_finds_cars_at_new_angles(painted, tmp_path):
+    from geodetect.evaluate import evaluate
+    from geodetect.infer import infer
+
+    over = {"train.epochs": 8, "train.chips_per_epoch": 96, "train.batch_size": 16,
+            "train.val_fraction": 0.0, "model.width": 12, "infer.tile": 256}  # fmt: skip
+    model = _run(painted, tmp_path / "run", over=over)
+    test_cars = np.array([[70.0, 70.0, 24.0, 10.0, 55.0], [180.0, 80.0, 24.0, 10.0, 95.0],
+                          [90.0, 180.0, 24.0, 10.0, 145.0]])  # fmt: skip
+    heads = np.array([235.0, 95.0, 145.0])
+    img, truth = write_scene(tmp_path / "test", test_cars, heads, [], name="other")
+    det = infer(model, [img], out=tmp_path / "det.gpkg", device="cpu", overlap=64)
+    m = evaluate(det, truth, iou=0.5)["classes"]["car"]
+    assert m["recall"] == 1.0 and m["precision"] == 1.0
+    assert m["angle_error_median"] < 3.0
+    assert m["heading_correct_rate"] == 1.0
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+def _cli(args, capsys):
+    code = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory, painted):
+    from geodetect.labels import labels_frame, write_vector
+
+    from _painted import grid
+
+    root = tmp_path_factory.mktemp("bad")
+    g = grid(256)
+    only_neg = write_vector(labels_frame(np.zeros((0, 5)), [], None, NEG, g), root / "neg.gpkg")
+    one = write_vector(
+        labels_frame(CARS[:3], ["car", "car", "truck"], None, [], g), root / "one.gpkg"
+    )
+    far = labels_frame(CARS, ["car"] * 5, None, [], g)
+    far = far.set_geometry(far.translate(50_000, 0))
+    far = write_vector(far, root / "far.gpkg")
+    nocrs = labels_frame(CARS, ["car"] * 5, None, [], g).set_crs(None, allow_override=True)
+    nocrs.to_file(root / "nocrs.geojson", driver="GeoJSON")
+    crs_json = root / "nocrs.geojson"
+    text = crs_json.read_text()  # GeoJSON without crs would mean EPSG:4326; say "no CRS" plainly
+    crs_json.write_text(text)
+    elev = root / "elev.yaml"
+    elev.write_text("data:\n  elevation: 'on'\n")
+    return {"neg": only_neg, "one": one, "far": far, "nocrs": crs_json, "elev": elev}
+
+
+@pytest.mark.parametrize(
+    "case,extra,words",
+    [
+        ("neg", [], "no positive"),
+        ("one", [], "only one sample"),
+        ("far", [], "no label falls"),
+        ("nocrs", [], "crs"),
+        ("elev", [], "pointcloud"),
+        ("cuda", ["--device", "cuda"], "cuda"),
+        ("missing", [], "not found"),
+    ],
+)
+def test_bad_input_is_one_error_line_and_writes_nothing(
+    case, extra, words, bad_inputs, painted, tmp_path, capsys
+):
+    labels = str(bad_inputs.get(case, painted[1]))
+    if case == "missing":
+        labels = str(tmp_path / "missing.gpkg")
+    args = ["train", str(painted[0]), "--labels", labels, "--out", str(tmp_path / "run"), *extra]
+    if case == "elev":
+        args += ["--config", str(bad_inputs["elev"])]
+    if case == "cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is present here")
+    code, err = _cli(args, capsys)
+    assert code != 0
+    assert len(err) == 1 and err[0].startswith("error:"), err
+    assert words.lower() in err[0].lower()
+    assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_scene_crs_other_than_labels_is_reprojected_or_refused(painted, tmp_path, capsys):
+    """A scene without a CRS cannot take georeferenced labels: a clean error, no model."""
+    import rasterio
+
+    with rasterio.open(painted[0]) as src:
+        data = src.read()
+    plain = tmp_path / "plain.tif"
+    with rasterio.open(plain, "w", driver="GTiff", width=256, height=256, count=3,
+                       dtype=data.dtype) as dst:  # fmt: skip
+        dst.write(data)
+    code, err = _cli(["train", str(plain), "--labels", str(painted[1]), "--out", str(tmp_path / "r")],
+                     capsys)  # fmt: skip
+    assert code != 0 and len(err) == 1 and "crs" in err[0].lower()
+    assert not (tmp_path / "r" / "model.pt").exists()
