@@ -345,6 +345,13 @@ def _to_grid_crs(
             f"{source} has no CRS but {scene} is in {name}; set the labels' CRS with "
             f"ogr2ogr -a_srs {name} fixed.gpkg {source}"
         )
+    if gdf.attrs.get("crs_assumed") and len(gdf):
+        left, bottom, right, top = gdf.total_bounds
+        if min(left, bottom) < -180 or right > 180 or top > 90:
+            raise CRSError(
+                f"{source} has no crs member, which in GeoJSON means lon/lat (EPSG:4326), but "
+                f"its coordinates are not lon/lat; add a crs or save it as GeoPackage with one"
+            )
     if gdf.crs is not None and not gdf.crs.equals(grid.crs):
         gdf = gdf.to_crs(grid.crs)
     return gdf
