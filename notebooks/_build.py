@@ -25,6 +25,17 @@ HELPERS = '''\
 CLASS_COLOURS = {"vehicle": "yellow", "building": "magenta"}
 
 
+def map_axes(ax, title=None):
+    """Axis labels in map units and plain coordinates (no "+4.65e6" offset)."""
+    ax.set_xlabel("x (m)")
+    ax.set_ylabel("y (m)")
+    ax.ticklabel_format(useOffset=False, style="plain")
+    ax.tick_params(labelsize=8)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
 def show_scene(path, ax=None, title=None, cmap=None):
     """Draw a scene (first three bands, stretched 2-98 %; one band in `cmap`) in map coordinates."""
     if ax is None:
@@ -39,10 +50,7 @@ def show_scene(path, ax=None, title=None, cmap=None):
     ax.imshow(shown, extent=(b.left, b.right, b.bottom, b.top), cmap=cmap)
     ax.set(xlim=(b.left, b.right), ylim=(b.bottom, b.top))
     ax.set_autoscale_on(False)  # shapes drawn later (objects on the edge) keep the scene's frame
-    ax.set_title(title or Path(path).name)
-    ax.set_xlabel("x (m)")
-    ax.set_ylabel("y (m)")
-    return ax
+    return map_axes(ax, title or Path(path).name)
 
 
 def long_side(geom):
@@ -57,9 +65,11 @@ def draw_boxes(ax, gdf, colour=None, linewidth=1.2, arrows=True):
     heading_deg is clockwise from grid north, so in map coordinates (y up) the front is
     (sin h, cos h) from the centre. Arrows are one object length long, from the centre.
     """
+    labels = ax.get_xlabel(), ax.get_ylabel()
     for cls, rows in gdf.groupby("class"):
         c = colour or CLASS_COLOURS.get(cls, "white")
         rows.boundary.plot(ax=ax, color=c, linewidth=linewidth)
+        ax.set(xlabel=labels[0], ylabel=labels[1])  # geopandas names the CRS axes
         if not arrows or "heading_deg" not in rows:
             continue
         rows = rows[rows["heading_deg"].notna()]
@@ -101,7 +111,8 @@ functions the `geodetect` command line calls (`from geodetect import …`):
 
 Run it from the `notebooks/` folder of a clone (`make venv`, then
 `.venv/bin/python -m jupyter lab notebooks/`; the `[dev]` extra brings Jupyter's kernel and
-matplotlib). With the full settings it takes a few minutes on a laptop CPU.""",
+matplotlib). With the full settings it takes about ten minutes on a laptop CPU (most of it
+training), a minute or two on a GPU.""",
     ),
     (
         "params",
@@ -397,7 +408,8 @@ ground. This notebook
    (`configs/buildings.yaml`), and the nDSM alone (`configs/pointcloud.yaml`),
 3. compares them on a different scene.
 
-Run it from the `notebooks/` folder of a clone (see `quickstart.ipynb` first).""",
+Run it from the `notebooks/` folder of a clone (see `quickstart.ipynb` first). With the full
+settings it trains three models: about a quarter of an hour on a laptop CPU.""",
     ),
     (
         "params",
@@ -470,7 +482,9 @@ for s in (train_scene, test_scene):
 `rasterize_cloud` streams the cloud in chunks onto any grid: here the image's own grid, so
 every pixel gets the elevation under it. DSM = highest return per cell; nDSM = DSM − DTM,
 the height above ground, where buildings stand out at 4–12 m and cars at 1.5–2 m.
-`rasterize_file` (`geodetect rasterize`) writes the same as a GeoTIFF.""",
+`rasterize_file` (`geodetect rasterize`) writes the same as a GeoTIFF. White cells hold no
+point: at 0.25 m a cloud of a few points per m² leaves many cells empty; the detector reads
+the nDSM at its own GSD (0.5 m in `configs/buildings.yaml`), where the cells fill up.""",
     ),
     (
         "code",
@@ -482,14 +496,14 @@ truth = read_labels(train_scene.truth)
 extent = (grid.transform.c, grid.transform.c + grid.transform.a * grid.width,
           grid.transform.f + grid.transform.e * grid.height, grid.transform.f)
 
-fig, axes = plt.subplots(1, 3, figsize=(16, 5.5))
+fig, axes = plt.subplots(1, 3, figsize=(17, 5.5), layout="constrained")
 show_scene(train_scene.image, ax=axes[0], title="image")
 im = axes[1].imshow(dsm, extent=extent, cmap="terrain")
 fig.colorbar(im, ax=axes[1], shrink=0.8, label="DSM (m)")
-axes[1].set_title("DSM: highest return")
+map_axes(axes[1], "DSM: highest return")
 im = axes[2].imshow(ndsm, extent=extent, cmap="viridis", vmin=0, vmax=12)
 fig.colorbar(im, ax=axes[2], shrink=0.8, label="nDSM (m above ground)")
-axes[2].set_title("nDSM with the true buildings")
+map_axes(axes[2], "nDSM with the true buildings")
 draw_boxes(axes[2], truth[truth["class"] == "building"], colour="white", arrows=False);""",
     ),
     (
@@ -593,7 +607,7 @@ building truth. The RGB + nDSM model needs the test scene's point cloud at `infe
 results = {}
 for name, config in configs.items():
     train_images, train_clouds, test_images, test_clouds = inputs[name]
-    run = WORK / name.replace(" ", "").replace("+", "_")
+    run = WORK / name.lower().replace(" + ", "_").replace(" ", "_")  # rgb, rgb_ndsm, ndsm_only
     model = train([str(p) for p in train_images], str(train_labels),
                   pointclouds=None if train_clouds is None else [str(p) for p in train_clouds],
                   config=config, out_dir=str(run), device=DEVICE, seed=0)
@@ -619,10 +633,10 @@ fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
 colours = ["tab:blue", "tab:green", "tab:purple"]
 a.bar(table.index, pd.to_numeric(table["ap"]).fillna(0), color=colours)
 a.set(ylabel="building AP@0.5", ylim=(0, 1), title="AP on the test scene")
-for name, r in results.items():
+for (name, r), style in zip(results.items(), ["-", "--", ":"]):
     c = precision_recall_curves(r["detections"], test_truth, iou=0.5).get("building")
     if c is not None:
-        b.plot(c["recall"], c["precision"], label=name)
+        b.plot(c["recall"], c["precision"], style, linewidth=2, label=name)
 b.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02), title="precision–recall")
 b.legend();""",
     ),
@@ -630,7 +644,7 @@ b.legend();""",
         "code",
         """\
 truth = read_labels(test_truth)
-fig, axes = plt.subplots(1, 3, figsize=(18, 6.5))
+fig, axes = plt.subplots(1, 3, figsize=(18, 6.5), layout="constrained")
 for ax, (name, r) in zip(axes, results.items()):
     show_scene(test_scene.image, ax=ax, title=name)
     truth.boundary.plot(ax=ax, color="white", linewidth=0.6)
