@@ -188,7 +188,8 @@ def encode_targets(
     vehicles do not smear into their neighbours) peaking at exactly 1 on the centre cell.
     Box terms are regressed densely, at every cell of the object's core weighted by its
     Gaussian (as TTFNet does): many more supervised cells per object than the centre alone,
-    which is what lets a few dozen positives train in minutes. Each cell predicts the offset
+    which is what lets a few dozen positives train in minutes. Each object's weights sum to
+    1, so big buildings do not drown the vehicles' angles. Each cell predicts the offset
     to *its object's* centre, so decoding at the peak cell is unchanged.
     """
     h, w = shape[0] // stride, shape[1] // stride
@@ -215,15 +216,16 @@ def encode_targets(
         if not core.any():
             continue
         best[core] = g[core]
+        share = g[core] / g[core].sum()  # every object weighs 1, small or big
         reg[0][core] = gx - jj[core]
         reg[1][core] = gy - ii[core]
         reg[2][core], reg[3][core] = math.log(length), math.log(width)
         reg[4][core], reg[5][core] = math.cos(2 * a), math.sin(2 * a)
-        weight[0][core] = g[core]
+        weight[0][core] = share
         if np.isfinite(head):
             hr = math.radians(float(head))
             reg[6][core], reg[7][core] = math.cos(hr), math.sin(hr)
-            weight[1][core] = g[core]
+            weight[1][core] = share
         else:
             weight[1][core] = 0.0
     heat[heat < 1e-3] = 0.0

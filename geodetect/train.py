@@ -286,7 +286,7 @@ def _train(images, labels, pointclouds, config, out, dev, seed, resume, progress
                     neg_loss[i] += v
                     neg_count[i] += 1
             bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss):.3f}")
+            bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss.detach()):.3f}")
             if callback is not None:
                 callback({"epoch": epoch + 1, "epochs": tc.epochs, "step": epoch * steps + step + 1,
                           "total_steps": total, "loss": float(loss.detach())})  # fmt: skip
