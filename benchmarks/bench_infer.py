@@ -32,16 +32,11 @@ def train_model(work: Path, device: str, epochs: int | None) -> Path:
     from geodetect.demo import FULL
     from geodetect.train import train
 
-    data = make_sample_data(work / "train", size=1024, seed=0, cloud=False, name="train")
-    config = load_config(
-        None,
-        {
-            "train.epochs": epochs or FULL["epochs"],
-            "train.chips_per_epoch": FULL["chips_per_epoch"],
-            "train.batch_size": FULL["batch_size"],
-            "infer.overlap": 128,
-        },
-    )
+    data = make_sample_data(work / "train", size=FULL["size"], seed=0, cloud=False, name="train")
+    overrides = {f"train.{k}": v for k, v in FULL["train"].items()}
+    if epochs:
+        overrides["train.epochs"] = epochs
+    config = load_config(None, overrides)
     t0 = time.perf_counter()
     model = train(
         images=[str(data.image)],

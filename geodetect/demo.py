@@ -12,9 +12,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-# (scene side px, epochs, chips per epoch) — quick is for tests: plumbing only, not quality
-FULL = {"size": 1024, "epochs": 12, "chips_per_epoch": 256, "batch_size": 16}
-QUICK = {"size": 192, "epochs": 1, "chips_per_epoch": 16, "batch_size": 8}
+# The recipe (also used by benchmarks/bench_train.py and bench_infer.py): scene sides in px at
+# 0.25 m and the training overrides. QUICK is for tests: plumbing only, not quality.
+FULL = {
+    "size": 2048,
+    "test_size": 1024,
+    "train": {"epochs": 40, "chips_per_epoch": 768, "batch_size": 16},
+}
+QUICK = {
+    "size": 256,
+    "test_size": 192,
+    "train": {"epochs": 1, "chips_per_epoch": 16, "batch_size": 8},
+    "model": {"width": 8},
+}
 
 
 def _say(msg: str) -> None:
@@ -35,18 +45,13 @@ def run_demo(out_dir: str | Path = "demo_out", progress: bool = False, quick: bo
     t0 = time.perf_counter()
     _say(f"1/4 generating a training scene and a different test scene in {out}/")
     train_data = make_sample_data(out / "train", size=p["size"], seed=0, cloud=False, name="train")
-    test_data = make_sample_data(out / "test", size=p["size"], seed=1, cloud=False, name="test")
-    _say(f"2/4 training on {train_data.image.name} (sparse labels {train_data.labels.name})")
-    config = load_config(
-        None,
-        {
-            "train.epochs": p["epochs"],
-            "train.chips_per_epoch": p["chips_per_epoch"],
-            "train.batch_size": p["batch_size"],
-            # tiles must overlap by more than the largest object (buildings up to ~24 m)
-            "infer.overlap": 128,
-        },
+    test_data = make_sample_data(
+        out / "test", size=p["test_size"], seed=1000, cloud=False, name="test"
     )
+    _say(f"2/4 training on {train_data.image.name} (sparse labels {train_data.labels.name})")
+    overrides = {f"{section}.{k}": v for section in ("train", "model") for k, v in
+                 p.get(section, {}).items()}  # fmt: skip
+    config = load_config(None, overrides)
     model = Path(
         train(
             images=[str(train_data.image)],

@@ -12,10 +12,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 @pytest.fixture(scope="session")
 def sample_small(tmp_path_factory: pytest.TempPathFactory):
-    """A 384² generated scene with cloud, truth and sparse labels."""
+    """A 512² generated scene with cloud, truth and sparse labels (60 %: at least two labelled
+    objects of each class, so it trains)."""
     from geodetect.data import make_sample_data
 
-    return make_sample_data(tmp_path_factory.mktemp("sample_small"), size=384, seed=1)
+    return make_sample_data(
+        tmp_path_factory.mktemp("sample_small"), size=512, seed=11, label_fraction=0.6
+    )
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)

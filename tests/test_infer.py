@@ -140,11 +140,13 @@ def test_merge_removes_cross_task_duplicates_and_sorts():
 
 @pytest.fixture(scope="session")
 def scene_pair(tmp_path_factory):
-    """A training scene and a different test scene (another seed), 384² at 0.25 m."""
+    """A training scene (512², 60 % labelled) and a different test scene (another seed)."""
     from geodetect.data import make_sample_data
 
     root = tmp_path_factory.mktemp("infer_data")
-    train = make_sample_data(root / "train", size=384, seed=11, cloud=False, name="train")
+    train = make_sample_data(
+        root / "train", size=512, seed=11, cloud=False, name="train", label_fraction=0.6
+    )
     test = make_sample_data(root / "test", size=384, seed=12, cloud=False, name="test")
     return train, test
 

@@ -116,3 +116,23 @@ def test_foreign_and_malicious_files_are_model_errors(tmp_path):
     ]:
         with pytest.raises(ModelError, match=words):
             load_model(tmp_path / name)
+
+
+def test_torchvision_backbone_with_local_weights(tmp_path):
+    """A ResNet backbone takes local weights (no downloads) and any number of input bands."""
+    import torchvision
+
+    ref = torchvision.models.resnet18(weights=None)
+    torch.save(ref.state_dict(), tmp_path / "r18.pth")
+    arch = {**ARCH, "backbone": "resnet18", "pretrained": str(tmp_path / "r18.pth")}
+    net = build_model(arch).eval()
+    assert torch.equal(net.backbone.layers[0][0].conv1.weight, ref.layer1[0].conv1.weight)
+    # RGB weights kept, the extra (elevation) channel starts from their mean
+    w = net.backbone.stem[0].weight
+    assert torch.equal(w[:, :3], ref.conv1.weight)
+    assert torch.allclose(w[:, 3], ref.conv1.weight.mean(dim=1))
+    out = net(torch.zeros(1, 4, 64, 64))
+    assert out["heatmap"].shape == (1, 2, 16, 16)
+    (tmp_path / "junk.pth").write_bytes(b"junk")
+    with pytest.raises(ModelError):
+        build_model({**arch, "pretrained": str(tmp_path / "junk.pth")})

@@ -354,7 +354,7 @@ def scenes(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tiny_model(scenes, tmp_path_factory):
+def tiny_model(sample_small, tmp_path_factory):
     """A barely trained model: enough for detections at a low threshold, in seconds."""
     pytest.importorskip("geodetect.model")
     train = pytest.importorskip("geodetect.train").train
@@ -374,8 +374,8 @@ def tiny_model(scenes, tmp_path_factory):
     )
     out = tmp_path_factory.mktemp("scaleout_model")
     return train(
-        images=[str(scenes[0].image)],
-        labels=str(scenes[0].labels),
+        images=[str(sample_small.image)],
+        labels=str(sample_small.labels),
         pointclouds=None,
         config=config,
         out_dir=str(out),

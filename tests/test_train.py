@@ -200,3 +200,41 @@ def test_scene_crs_other_than_labels_is_reprojected_or_refused(painted, tmp_path
                      capsys)  # fmt: skip
     assert code != 0 and len(err) == 1 and "crs" in err[0].lower()
     assert not (tmp_path / "r" / "model.pt").exists()
+
+
+# ------------------------------------------------------------------------------ elevation
+
+
+def test_point_cloud_adds_an_elevation_channel_and_infer_needs_it(sample_small, tmp_path, capsys):
+    over = {**TINY, "data.chip_size": 96, "train.epochs": 1}
+    model = train([str(sample_small.image)], str(sample_small.labels), [str(sample_small.cloud)],
+                  load_config(None, over), tmp_path / "run", device="cpu")  # fmt: skip
+    net, meta = load_model(model)
+    assert meta["elevation"] is True and meta["arch"]["in_channels"] == 4
+    assert meta["classes"] == ["building", "vehicle"]
+    code, err = _cli(["infer", str(model), str(sample_small.image), "--out",
+                      str(tmp_path / "d.gpkg")], capsys)  # fmt: skip
+    assert code != 0 and len(err) == 1 and "pointcloud" in err[0]
+    assert not (tmp_path / "d.gpkg").exists()
+    code, _ = _cli(["infer", str(model), str(sample_small.image), "--pointcloud",
+                    str(sample_small.cloud), "--out", str(tmp_path / "d.gpkg")], capsys)  # fmt: skip
+    assert code == 0 and (tmp_path / "d.gpkg").is_file()
+
+
+def test_point_cloud_only_project_trains_on_a_dsm(sample_small, tmp_path):
+    """No imagery: the DSM rasterised from the cloud is the scene (one band)."""
+    from geodetect.pointcloud import rasterize_file
+
+    dsm = rasterize_file(sample_small.cloud, tmp_path / "dsm.tif", like=sample_small.image,
+                         kind="dsm")  # fmt: skip
+    import geopandas as gpd
+
+    from geodetect.labels import write_vector
+
+    labels = gpd.read_file(sample_small.labels).drop(columns="image")  # drawn on the DSM
+    labels = write_vector(labels, tmp_path / "dsm_labels.gpkg")
+    over = {**TINY, "data.chip_size": 96, "train.epochs": 1}
+    model = train([str(dsm)], str(labels), None, load_config(None, over),
+                  tmp_path / "run", device="cpu")  # fmt: skip
+    _, meta = load_model(model)
+    assert meta["bands"] == [1] and meta["arch"]["in_channels"] == 1
