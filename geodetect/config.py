@@ -53,7 +53,7 @@ class TrainConfig(_Section):
 
     epochs: int = Field(30, ge=1, description="passes over `chips_per_epoch` chips")
     batch_size: int = Field(16, ge=1)
-    lr: float = Field(2e-3, gt=0, description="AdamW peak learning rate (one-cycle schedule)")
+    lr: float = Field(3e-3, gt=0, description="AdamW peak learning rate (one-cycle schedule)")
     weight_decay: float = Field(1e-4, ge=0)
     chips_per_epoch: int = Field(512, ge=1, description="random chips drawn per epoch")
     negative_fraction: float = Field(0.3, ge=0, le=1, description="share of chips centred in negative regions")

@@ -117,8 +117,8 @@ def _train_worker(rank: int, world: int, port: int, data: tuple, out: str, log: 
     config = load_config(
         None,
         {
-            "train.epochs": 3,
-            "train.chips_per_epoch": 48,
+            "train.epochs": 8,
+            "train.chips_per_epoch": 256,
             "train.batch_size": 8,
             "model.width": 16,
             "infer.tile": 256,
