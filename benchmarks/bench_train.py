@@ -39,23 +39,30 @@ def main() -> None:
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench_train_"))
     t0 = time.perf_counter()
-    data = make_sample_data(work / "train", size=args.size, seed=0, cloud=False, name="train",
-                            dtype=args.dtype)  # fmt: skip
-    test = make_sample_data(work / "test", size=FULL["test_size"], seed=1000, cloud=False,
-                            name="test", dtype=args.dtype)  # fmt: skip
-    print(f"data: {args.size}² training scene, {FULL['test_size']}² test scene, {args.dtype}, "
-          f"{time.perf_counter() - t0:.1f} s")  # fmt: skip
+    data = make_sample_data(
+        work / "train", size=args.size, seed=0, cloud=False, name="train", dtype=args.dtype
+    )
+    test = make_sample_data(
+        work / "test", size=FULL["test_size"], seed=1000, cloud=False, name="test", dtype=args.dtype
+    )
+    print(
+        f"data: {args.size}² training scene, {FULL['test_size']}² test scene, {args.dtype}, "
+        f"{time.perf_counter() - t0:.1f} s"
+    )
     overrides = {f"train.{k}": v for k, v in FULL["train"].items()}
     if args.epochs:
         overrides["train.epochs"] = args.epochs
     config = load_config(None, overrides)
     t0 = time.perf_counter()
-    model = train([str(data.image)], str(data.labels), None, config, work / "run",
-                  device=args.device, seed=0)  # fmt: skip
+    model = train(
+        [str(data.image)], str(data.labels), None, config, work / "run", device=args.device, seed=0
+    )
     seconds = time.perf_counter() - t0
     metrics = json.loads((work / "run" / "metrics.json").read_text())
-    print(f"train: {seconds:.0f} s on {args.threads} thread(s), {metrics['train_positives']} "
-          f"positives, {metrics['train_negative_patches']} negative patches")  # fmt: skip
+    print(
+        f"train: {seconds:.0f} s on {args.threads} thread(s), {metrics['train_positives']} "
+        f"positives, {metrics['train_negative_patches']} negative patches"
+    )
     print("epoch  loss   val AP50 per class")
     for e in metrics["epochs"]:
         aps = "  ".join(f"{k} {_f(v)}" for k, v in e["val_ap50"].items())
@@ -65,9 +72,11 @@ def main() -> None:
     m = evaluate(det, test.truth, iou=0.5)
     print(f"test scene (unseen), infer {time.perf_counter() - t0:.1f} s:")
     for name, c in m["classes"].items():
-        print(f"  {name:<9} AP50 {_f(c['ap'])}  P {_f(c['precision'])}  R {_f(c['recall'])}  "
-              f"angle err median {_f(c['angle_error_median'], 1)}°  "
-              f"heading ok {_f(c['heading_correct_rate'])}")  # fmt: skip
+        print(
+            f"  {name:<9} AP50 {_f(c['ap'])}  P {_f(c['precision'])}  R {_f(c['recall'])}  "
+            f"angle err median {_f(c['angle_error_median'], 1)}°  "
+            f"heading ok {_f(c['heading_correct_rate'])}"
+        )
     print(f"files in {work}")
 
 

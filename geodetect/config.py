@@ -22,19 +22,30 @@ class DataConfig(_Section):
     """How chips are cut from scenes and normalised."""
 
     gsd: float | None = Field(
-        None, gt=0, description="training ground sample distance (CRS units/px); None: median GSD of the training scenes"
+        None,
+        gt=0,
+        description="training ground sample distance (metres/px); None: the scenes' median GSD",
     )
     chip_size: int = Field(128, ge=32, le=1024, description="training chip side in pixels at `gsd`")
-    bands: list[int] | None = Field(None, description="1-based raster bands to use; None: the first 3 (or all if fewer)")
+    bands: list[int] | None = Field(
+        None, description="1-based raster bands to use; None: the first 3 (or all if fewer)"
+    )
     elevation: Literal["auto", "on", "off"] = Field(
         "auto", description="add the nDSM channel: auto = when point clouds are given"
     )
     stats: Literal["scene", "model"] = Field(
-        "scene", description="colour statistics at inference: per scene (robust to casts) or the training ones"
+        "scene",
+        description="colour statistics at inference: per scene (robust to casts) or the model's",
     )
-    percentiles: tuple[float, float] = Field((2.0, 98.0), description="robust per-band range for colour normalisation")
-    stats_pixels: int = Field(200_000, ge=1000, description="pixels sampled per scene for band statistics")
-    elevation_scale: float = Field(10.0, gt=0, description="nDSM metres that map to 1.0 in the elevation channel")
+    percentiles: tuple[float, float] = Field(
+        (2.0, 98.0), description="robust per-band range for colour normalisation"
+    )
+    stats_pixels: int = Field(
+        200_000, ge=1000, description="pixels sampled per scene for band statistics"
+    )
+    elevation_scale: float = Field(
+        10.0, gt=0, description="nDSM metres that map to 1.0 in the elevation channel"
+    )
 
 
 class ModelConfig(_Section):
@@ -45,7 +56,9 @@ class ModelConfig(_Section):
     backbone: Literal["none", "resnet18", "resnet34"] = Field(
         "none", description="torchvision backbone instead of the small built-in one"
     )
-    pretrained: str | None = Field(None, description="local path to backbone weights (no downloads)")
+    pretrained: str | None = Field(
+        None, description="local path to backbone weights (no downloads)"
+    )
 
 
 class TrainConfig(_Section):
@@ -56,13 +69,25 @@ class TrainConfig(_Section):
     lr: float = Field(3e-3, gt=0, description="AdamW peak learning rate (one-cycle schedule)")
     weight_decay: float = Field(1e-4, ge=0)
     chips_per_epoch: int = Field(512, ge=1, description="random chips drawn per epoch")
-    negative_fraction: float = Field(0.3, ge=0, le=1, description="share of chips centred in negative regions")
-    hard_negative_weight: float = Field(3.0, ge=1, description="oversampling of confusers inside negatives")
-    val_fraction: float = Field(0.2, ge=0, lt=1, description="share of positives held out for validation")
+    negative_fraction: float = Field(
+        0.3, ge=0, le=1, description="share of chips centred in negative regions"
+    )
+    hard_negative_weight: float = Field(
+        3.0, ge=1, description="oversampling of confusers inside negatives"
+    )
+    val_fraction: float = Field(
+        0.2, ge=0, lt=1, description="share of positives held out for validation"
+    )
     rotate: bool = Field(True, description="random rotation augmentation (any angle)")
-    flip: bool = Field(True, description="random mirror augmentation (aerial views have no handedness)")
-    scale_jitter: float = Field(0.1, ge=0, lt=0.5, description="random zoom of +-this fraction around the training GSD")
-    colour_jitter: float = Field(0.1, ge=0, lt=1, description="random brightness/contrast change of +-this fraction")
+    flip: bool = Field(
+        True, description="random mirror augmentation (aerial views have no handedness)"
+    )
+    scale_jitter: float = Field(
+        0.1, ge=0, lt=0.5, description="random zoom of +-this fraction around the training GSD"
+    )
+    colour_jitter: float = Field(
+        0.1, ge=0, lt=1, description="random brightness/contrast change of +-this fraction"
+    )
     workers: int = Field(0, ge=0, description="DataLoader worker processes")
     amp: bool = Field(True, description="mixed precision on CUDA")
 
@@ -71,7 +96,9 @@ class InferConfig(_Section):
     """Detection over whole scenes."""
 
     tile: int = Field(512, ge=64, description="tile side in pixels at the model GSD")
-    overlap: int = Field(128, ge=0, description="tile overlap in pixels; must exceed the largest object")
+    overlap: int = Field(
+        128, ge=0, description="tile overlap in pixels; must exceed the largest object"
+    )
     batch_size: int = Field(4, ge=1)
     threshold: float = Field(0.3, ge=0, le=1, description="minimum score kept")
     nms_iou: float = Field(0.3, ge=0, le=1, description="rotated-IoU for merging duplicates")

@@ -49,8 +49,9 @@ def run_demo(out_dir: str | Path = "demo_out", progress: bool = False, quick: bo
         out / "test", size=p["test_size"], seed=1000, cloud=False, name="test"
     )
     _say(f"2/4 training on {train_data.image.name} (sparse labels {train_data.labels.name})")
-    overrides = {f"{section}.{k}": v for section in ("train", "model") for k, v in
-                 p.get(section, {}).items()}  # fmt: skip
+    overrides = {
+        f"{section}.{k}": v for section in ("train", "model") for k, v in p.get(section, {}).items()
+    }
     config = load_config(None, overrides)
     model = Path(
         train(

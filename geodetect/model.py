@@ -268,8 +268,16 @@ def detection_loss(
     ang = (err[:, 4:6] * box_w).sum() / n_box
     head = (err[:, 6:8] * head_w).sum() / n_head
     total = hm + off + size + 2.0 * ang + head
-    parts = {k: float(v.detach()) for k, v in
-             {"heatmap": hm, "offset": off, "size": size, "angle": ang, "heading": head}.items()}  # fmt: skip
+    parts = {
+        k: float(v.detach())
+        for k, v in {
+            "heatmap": hm,
+            "offset": off,
+            "size": size,
+            "angle": ang,
+            "heading": head,
+        }.items()
+    }
     return total, parts, per_chip
 
 
@@ -301,8 +309,10 @@ def decode(
         scores, flat = scores[keep], flat[keep]
         cls, cell = flat // (h * w), flat % (h * w)
         i, j = cell // w, cell % w
-        reg = {name: out[name][b].float().reshape(2, -1)[:, cell] for name in
-               ("offset", "size", "angle", "heading")}  # fmt: skip
+        reg = {
+            name: out[name][b].float().reshape(2, -1)[:, cell]
+            for name in ("offset", "size", "angle", "heading")
+        }
         cx = (j.float() + reg["offset"][0]) * stride
         cy = (i.float() + reg["offset"][1]) * stride
         size = reg["size"].clamp(-2.0, 8.0).exp()
@@ -358,7 +368,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Ge
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ModelError(f"{path}: not a geodetect model file (no '{FORMAT}' header)")
     if int(blob.get("version", 0)) > VERSION:
-        raise ModelError(f"{path}: model file version {blob['version']} is newer than this geodetect")
+        raise ModelError(
+            f"{path}: model file version {blob['version']} is newer than this geodetect"
+        )
     missing = [k for k in REQUIRED_KEYS if k not in blob]
     if missing:
         raise ModelError(f"{path}: model file lacks {', '.join(missing)}")

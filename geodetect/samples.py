@@ -92,7 +92,9 @@ def _bands(info: Any, wanted: list[int] | None) -> list[int]:
     if wanted:
         bad = [b for b in wanted if not 1 <= b <= info.count]
         if bad:
-            raise InputError(f"{info.path}: has {info.count} band(s), no band {bad[0]} (data.bands)")
+            raise InputError(
+                f"{info.path}: has {info.count} band(s), no band {bad[0]} (data.bands)"
+            )
         return list(wanted)
     data = list(info.data_bands) or list(range(1, info.count + 1))
     return data[:3]
@@ -162,7 +164,9 @@ def load_project(
     for k, (info, grid, sl) in enumerate(per_scene):
         stats = transforms.scene_stats(info.path, bands, config, config.data.stats_pixels)
         cls = np.array([names.index(c) for c in sl.classes], np.int64)
-        heads = np.where(np.asarray(has_front)[cls], sl.headings, np.nan) if len(cls) else sl.headings
+        heads = (
+            np.where(np.asarray(has_front)[cls], sl.headings, np.nan) if len(cls) else sl.headings
+        )
         cloud = str(pointclouds[k]) if elevation and pointclouds else None
         scenes.append(
             Scene(info.path, grid, sl.boxes, cls, heads, list(sl.negatives), stats, cloud)
@@ -179,7 +183,9 @@ def split_validation(project: Project, fraction: float, seed: int) -> None:
     if fraction <= 0:
         return
     for k in range(len(project.classes)):
-        items = [(i, j) for i, s in enumerate(project.scenes) for j in np.nonzero(s.classes == k)[0]]
+        items = [
+            (i, j) for i, s in enumerate(project.scenes) for j in np.nonzero(s.classes == k)[0]
+        ]
         n_val = min(len(items) - 1, max(1, round(fraction * len(items))))
         for idx in rng.permutation(len(items))[:n_val]:
             i, j = items[idx]
@@ -277,7 +283,9 @@ class PatchReader:
         known |= _mask(_box_geoms(s, use_pos), origin, size)
         hidden = _mask(_box_geoms(s, ~use_pos), origin, size)  # the other split's objects
         if training:
-            hidden |= _mask([g for g, v in zip(s.negatives, s.neg_val, strict=True) if v], origin, size)
+            hidden |= _mask(
+                [g for g, v in zip(s.negatives, s.neg_val, strict=True) if v], origin, size
+            )
         known &= ~hidden
         boxes = s.boxes[use_pos].copy()
         boxes[:, 0] -= origin[0]
@@ -323,7 +331,9 @@ def negative_centres(poly: Any, step: float, rng: np.random.Generator) -> list[t
     return pts
 
 
-def extract_patches(project: Project, training: bool, seed: int = 0) -> tuple[list[Patch], list[Patch]]:
+def extract_patches(
+    project: Project, training: bool, seed: int = 0
+) -> tuple[list[Patch], list[Patch]]:
     """(positive patches, negative patches) of the training (or validation) split."""
     rng = np.random.default_rng([seed, 11, int(training)])
     size, chip = project.patch, project.chip
@@ -334,7 +344,9 @@ def extract_patches(project: Project, training: bool, seed: int = 0) -> tuple[li
             split = ~s.pos_val if training else s.pos_val
             for j in np.nonzero(split)[0]:
                 b = s.boxes[j]
-                pos.append(reader.patch(_centred(b[0], b[1], size), size, training, int(s.classes[j])))
+                pos.append(
+                    reader.patch(_centred(b[0], b[1], size), size, training, int(s.classes[j]))
+                )
             nsplit = ~s.neg_val if training else s.neg_val
             for g, use in zip(s.negatives, nsplit, strict=True):
                 if use:
@@ -422,7 +434,9 @@ def _write_chip(out: Path, kind: str, n: int, p: Patch, project: Project, chip: 
     cls = ""
     params = transforms.ChipParams()
     if kind == "positive":
-        centre = np.argmin(np.hypot(p.boxes[:, 0] - project.patch / 2, p.boxes[:, 1] - project.patch / 2))
+        centre = np.argmin(
+            np.hypot(p.boxes[:, 0] - project.patch / 2, p.boxes[:, 1] - project.patch / 2)
+        )
         angle, heading = float(p.boxes[centre, 4]), float(p.headings[centre])
         cls = project.classes[int(p.classes[centre])]
         params = transforms.canonical_params(p.boxes[centre], heading)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
+import shapely
 
 from geodetect.errors import GeodetectError, InputError
 from geodetect.manifest import (
@@ -448,7 +449,13 @@ def run_inference(
         infer_items(tasks, model_hash, settings),
         runner,
         out,
-        partial(merge_detections, nms_iou=settings.nms_iou, crs=crs),
+        partial(
+            _merge_in_scene_crs,
+            merge=merge_detections,
+            nms_iou=settings.nms_iou,
+            crs=crs,
+            out_crs=_scene_crs(tasks),
+        ),
         workers=workers,
         scheduler=scheduler,
         client=client,
@@ -458,6 +465,32 @@ def run_inference(
         check=lambda items, frames: _check_some_valid([it.payload for it in items], frames),
     )
     return result.out
+
+
+def _scene_crs(tasks: Sequence[Any]) -> Any:
+    """The first scene's own CRS: what the detections file is written in (the contract)."""
+    from geodetect.raster import open_raster
+
+    return open_raster(tasks[0].image).grid.crs if tasks else None
+
+
+def _merge_in_scene_crs(frames: list, *, merge: Any, nms_iou: float, crs: Any, out_crs: Any):
+    """Merge in the metric working CRS, then move to the scene's CRS when it differs (a
+    geographic scene is processed in its UTM zone). Angles and headings are turned by the
+    meridian convergence so they stay clockwise from north in the output CRS; lengths stay
+    in metres."""
+    from geodetect.evaluate import _true_north
+
+    gdf = merge(frames, nms_iou=nms_iou, crs=crs)
+    if out_crs is None or crs is None or gdf.crs is None or gdf.crs == out_crs:
+        return gdf
+    src = shapely.get_coordinates(shapely.centroid(gdf.geometry.to_numpy()))
+    moved = gdf.to_crs(out_crs)
+    dst = shapely.get_coordinates(shapely.centroid(moved.geometry.to_numpy()))
+    turn = _true_north(moved.crs, *dst.T) - _true_north(gdf.crs, *src.T)
+    moved["angle_deg"] = (moved["angle_deg"].to_numpy(float) + turn) % 180.0
+    moved["heading_deg"] = (moved["heading_deg"].to_numpy(float) + turn) % 360.0
+    return moved
 
 
 def expand_images(args: Sequence[str], from_list: str | Path | None = None) -> list[str]:

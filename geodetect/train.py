@@ -46,7 +46,8 @@ class ChipSet(torch.utils.data.Dataset):
         self.cfg = project.config.train
         self.seed, self.rank, self.epoch = seed, rank, 0
         self.by_class = [
-            [i for i, p in enumerate(pos) if p.focus_class == k] for k in range(len(project.classes))
+            [i for i, p in enumerate(pos) if p.focus_class == k]
+            for k in range(len(project.classes))
         ]
         self.by_class = [c for c in self.by_class if c]
         self.neg_weights = np.ones(len(neg))
@@ -78,7 +79,9 @@ def _collate(items: list[dict]) -> dict[str, torch.Tensor]:
     return {k: torch.as_tensor(np.stack([it[k] for it in items])) for k in items[0]}
 
 
-def _loader(data: ChipSet, batch_size: int, workers: int, world: int) -> torch.utils.data.DataLoader:
+def _loader(
+    data: ChipSet, batch_size: int, workers: int, world: int
+) -> torch.utils.data.DataLoader:
     data.length = max(batch_size, math.ceil(data.cfg.chips_per_epoch / world))
     return torch.utils.data.DataLoader(
         data,
@@ -116,7 +119,8 @@ def _view_detections(net: torch.nn.Module, views: list[Patch], project: Project,
 
 
 def validate(net: torch.nn.Module, views: list[Patch], project: Project, dev: torch.device) -> dict:
-    """AP50 per class on held-out labels; detections in unknown areas are neither right nor wrong."""
+    """AP50 per class on held-out labels; detections in unknown areas are neither right nor
+    wrong (labels are sparse)."""
     from geodetect.evaluate import class_metrics
     from geodetect.geometry import rotated_nms
 
@@ -174,7 +178,9 @@ def _load_checkpoint(path: Path) -> dict | None:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a checkpoint cut by a crash: say so, do not guess
-        raise InputError(f"{path}: unreadable checkpoint ({exc}); remove it to start over") from None
+        raise InputError(
+            f"{path}: unreadable checkpoint ({exc}); remove it to start over"
+        ) from None
 
 
 def _meta(project: Project, arch: dict, model_stats: dict, history: list, config: Config) -> dict:
@@ -221,8 +227,9 @@ def train(
     out = Path(out_dir)
     dev = resolve_device(device)
     with ddp.distributed(dev) as (info, dev):
-        return _train(images, labels, pointclouds, config, out, dev, seed, resume, progress,
-                      callback, info)  # fmt: skip
+        return _train(
+            images, labels, pointclouds, config, out, dev, seed, resume, progress, callback, info
+        )
 
 
 def _train(images, labels, pointclouds, config, out, dev, seed, resume, progress, callback, info):
@@ -262,8 +269,13 @@ def _train(images, labels, pointclouds, config, out, dev, seed, resume, progress
     total = tc.epochs * steps
     from tqdm import tqdm
 
-    bar = tqdm(total=total, initial=start * steps, disable=not (progress and info.is_main),
-               desc="train", unit="step")  # fmt: skip
+    bar = tqdm(
+        total=total,
+        initial=start * steps,
+        disable=not (progress and info.is_main),
+        desc="train",
+        unit="step",
+    )
     t0 = time.perf_counter()
     for epoch in range(start, tc.epochs):
         data.epoch = epoch
@@ -288,8 +300,15 @@ def _train(images, labels, pointclouds, config, out, dev, seed, resume, progress
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss.detach()):.3f}")
             if callback is not None:
-                callback({"epoch": epoch + 1, "epochs": tc.epochs, "step": epoch * steps + step + 1,
-                          "total_steps": total, "loss": float(loss.detach())})  # fmt: skip
+                callback(
+                    {
+                        "epoch": epoch + 1,
+                        "epochs": tc.epochs,
+                        "step": epoch * steps + step + 1,
+                        "total_steps": total,
+                        "loss": float(loss.detach()),
+                    }
+                )
         data.neg_weights = _hard_negative_weights(data.neg_weights, neg_loss, neg_count, tc)
         val = validate(ddp.unwrap(model), vpos + vneg, project, dev) if (vpos or vneg) else {}
         aps = [v for v in val.values() if v is not None]
@@ -301,8 +320,9 @@ def _train(images, labels, pointclouds, config, out, dev, seed, resume, progress
             "seconds": round(time.perf_counter() - t0, 2),
         }
         history.append(record)
-        bar.set_postfix(epoch=epoch + 1, loss=f"{record['loss']:.3f}",
-                        val_ap50=_fmt(record["val_mean_ap50"]))  # fmt: skip
+        bar.set_postfix(
+            epoch=epoch + 1, loss=f"{record['loss']:.3f}", val_ap50=_fmt(record["val_mean_ap50"])
+        )
         if info.is_main:
             _save(
                 {
@@ -321,10 +341,16 @@ def _train(images, labels, pointclouds, config, out, dev, seed, resume, progress
     path = out / "model.pt"
     if info.is_main:
         _save(model_blob(ddp.unwrap(model), meta), path)
-        summary = {"classes": project.classes, "gsd": project.gsd, "bands": project.bands,
-                   "elevation": project.elevation, "train_positives": len(pos),
-                   "train_negative_patches": len(neg), "val_views": len(vpos) + len(vneg),
-                   "epochs": history}  # fmt: skip
+        summary = {
+            "classes": project.classes,
+            "gsd": project.gsd,
+            "bands": project.bands,
+            "elevation": project.elevation,
+            "train_positives": len(pos),
+            "train_negative_patches": len(neg),
+            "val_views": len(vpos) + len(vneg),
+            "epochs": history,
+        }
         with atomic_path(out / "metrics.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=2))
     ddp.barrier()

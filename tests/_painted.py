@@ -59,8 +59,17 @@ def write_scene(
     g = grid(size)
     img = paint(size, boxes, headings, dtype)
     path = folder / f"{name}.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3, dtype=dtype,
-                       crs=g.crs, transform=g.transform) as dst:  # fmt: skip
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=3,
+        dtype=dtype,
+        crs=g.crs,
+        transform=g.transform,
+    ) as dst:
         dst.write(img)
     frame = labels_frame(boxes, classes or ["car"] * len(boxes), headings, negatives, g, path.name)
     return path, write_vector(frame, folder / f"{name}_labels.gpkg")

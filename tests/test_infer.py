@@ -445,3 +445,37 @@ def test_cuda_absent(trained_model, scene_pair, tmp_path, capsys):
         out,
     )
     assert "CUDA" in err
+
+
+def test_geographic_scene_gives_detections_in_its_own_crs(trained_model, scene_pair, tmp_path):
+    """An EPSG:4326 scene is processed in its UTM zone; the file is in EPSG:4326 (the contract),
+    with lengths in metres and angles clockwise from north, and lines up with the truth."""
+    from rasterio.warp import calculate_default_transform, reproject
+
+    src_path = scene_pair[1].image
+    geo = tmp_path / "geo.tif"
+    with rasterio.open(src_path) as src:
+        transform, w, h = calculate_default_transform(
+            src.crs, "EPSG:4326", src.width, src.height, *src.bounds
+        )
+        profile = {
+            **src.profile,
+            "crs": "EPSG:4326",
+            "transform": transform,
+            "width": w,
+            "height": h,
+            "nodata": 0,
+        }
+        with rasterio.open(geo, "w", **profile) as dst:
+            for b in range(1, src.count + 1):
+                reproject(rasterio.band(src, b), rasterio.band(dst, b))
+    out = tmp_path / "geo.gpkg"
+    infer(trained_model, [geo], out=out, device="cpu", tile=256, overlap=112)
+    gdf = gpd.read_file(out)
+    assert gdf.crs.to_epsg() == 4326 and len(gdf) > 0
+    assert gdf["length_m"].between(2, 40).all()  # metres, not degrees
+    ref = evaluate(gpd.read_file(out).assign(image=src_path.name), scene_pair[1].truth, iou=0.5)
+    assert sum(c["tp"] for c in ref["classes"].values()) >= 3
+    for c in ref["classes"].values():
+        if c["angle_error_median"] is not None:
+            assert c["angle_error_median"] < 15.0

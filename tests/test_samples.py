@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import shapely
-
 from _painted import write_scene
+
 from geodetect.cli import main
 from geodetect.config import load_config
 from geodetect.samples import (
@@ -29,7 +29,8 @@ CARS = np.array(
 HEADS = np.array([30.0, 300.0, 75.0, 340.0])
 # a negative square with a hole: the hole is unknown, not negative
 NEG = shapely.Polygon(
-    [(100, 100), (160, 100), (160, 160), (100, 160)], [[(120, 120), (140, 120), (140, 140), (120, 140)]]
+    [(100, 100), (160, 100), (160, 160), (100, 160)],
+    [[(120, 120), (140, 120), (140, 140), (120, 140)]],
 )
 
 
@@ -98,11 +99,23 @@ def test_known_at_stride_needs_most_pixels_known():
 
 
 def test_samples_writes_canonical_positive_chips(painted, tmp_path):
-    index = write_samples([str(painted[0])], str(painted[1]), None,
-                          load_config(None, {"data.chip_size": 64}), tmp_path / "s")  # fmt: skip
+    index = write_samples(
+        [str(painted[0])],
+        str(painted[1]),
+        None,
+        load_config(None, {"data.chip_size": 64}),
+        tmp_path / "s",
+    )
     table = pd.read_csv(index)
-    assert list(table.columns[:7]) == ["path", "array", "label", "class", "image", "angle_deg",
-                                       "heading_deg"]  # fmt: skip
+    assert list(table.columns[:7]) == [
+        "path",
+        "array",
+        "label",
+        "class",
+        "image",
+        "angle_deg",
+        "heading_deg",
+    ]
     pos = table[table["label"] == "positive"]
     assert len(pos) == 4 and (table["label"] == "negative").sum() >= 1
     for row in pos.itertuples():
@@ -118,8 +131,16 @@ def test_samples_writes_canonical_positive_chips(painted, tmp_path):
 
 
 def test_samples_cli_errors_are_one_line(painted, tmp_path, capsys):
-    code = main(["samples", str(painted[0]), "--labels", str(tmp_path / "nope.gpkg"),
-                 "--out", str(tmp_path / "o")])  # fmt: skip
+    code = main(
+        [
+            "samples",
+            str(painted[0]),
+            "--labels",
+            str(tmp_path / "nope.gpkg"),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and err[0].startswith("error:")
     assert not (tmp_path / "o" / "samples.csv").exists()

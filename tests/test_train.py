@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import shapely
 import torch
-
 from _painted import write_scene
+
 from geodetect.cli import main
 from geodetect.config import load_config
 from geodetect.model import load_model
@@ -46,8 +46,16 @@ def painted(tmp_path_factory):
 
 def _run(painted, out, **kw):
     over = {**TINY, **kw.pop("over", {})}
-    return train([str(painted[0])], str(painted[1]), None, load_config(None, over), out,
-                 device="cpu", seed=kw.pop("seed", 0), **kw)  # fmt: skip
+    return train(
+        [str(painted[0])],
+        str(painted[1]),
+        None,
+        load_config(None, over),
+        out,
+        device="cpu",
+        seed=kw.pop("seed", 0),
+        **kw,
+    )
 
 
 def _weights(path):
@@ -96,8 +104,15 @@ def test_uint16_imagery_trains_as_uint8(tmp_path):
     runs = {}
     for dtype in ("uint8", "uint16"):
         img, labels = write_scene(tmp_path / dtype, CARS, HEADS, NEG, dtype=dtype)
-        model = train([str(img)], str(labels), None, load_config(None, TINY), tmp_path / f"r{dtype}",
-                      device="cpu", seed=0)  # fmt: skip
+        model = train(
+            [str(img)],
+            str(labels),
+            None,
+            load_config(None, TINY),
+            tmp_path / f"r{dtype}",
+            device="cpu",
+            seed=0,
+        )
         runs[dtype] = json.loads((model.parent / "metrics.json").read_text())["epochs"]
     l8 = [e["loss"] for e in runs["uint8"]]
     l16 = [e["loss"] for e in runs["uint16"]]
@@ -108,11 +123,22 @@ def test_trained_model_finds_cars_at_new_angles(painted, tmp_path):
     from geodetect.evaluate import evaluate
     from geodetect.infer import infer
 
-    over = {"train.epochs": 12, "train.chips_per_epoch": 320, "train.batch_size": 16,
-            "train.val_fraction": 0.0, "model.width": 12, "infer.tile": 256}  # fmt: skip
+    over = {
+        "train.epochs": 12,
+        "train.chips_per_epoch": 320,
+        "train.batch_size": 16,
+        "train.val_fraction": 0.0,
+        "model.width": 12,
+        "infer.tile": 256,
+    }
     model = _run(painted, tmp_path / "run", over=over)
-    test_cars = np.array([[70.0, 70.0, 24.0, 10.0, 55.0], [180.0, 80.0, 24.0, 10.0, 95.0],
-                          [90.0, 180.0, 24.0, 10.0, 145.0]])  # fmt: skip
+    test_cars = np.array(
+        [
+            [70.0, 70.0, 24.0, 10.0, 55.0],
+            [180.0, 80.0, 24.0, 10.0, 95.0],
+            [90.0, 180.0, 24.0, 10.0, 145.0],
+        ]
+    )
     heads = np.array([235.0, 95.0, 145.0])
     img, truth = write_scene(tmp_path / "test", test_cars, heads, [], name="other")
     det = infer(model, [img], out=tmp_path / "det.gpkg", device="cpu", overlap=64)
@@ -133,9 +159,9 @@ def _cli(args, capsys):
 
 @pytest.fixture(scope="module")
 def bad_inputs(tmp_path_factory, painted):
-    from geodetect.labels import labels_frame, write_vector
-
     from _painted import grid
+
+    from geodetect.labels import labels_frame, write_vector
 
     root = tmp_path_factory.mktemp("bad")
     g = grid(256)
@@ -193,11 +219,13 @@ def test_scene_crs_other_than_labels_is_reprojected_or_refused(painted, tmp_path
     with rasterio.open(painted[0]) as src:
         data = src.read()
     plain = tmp_path / "plain.tif"
-    with rasterio.open(plain, "w", driver="GTiff", width=256, height=256, count=3,
-                       dtype=data.dtype) as dst:  # fmt: skip
+    with rasterio.open(
+        plain, "w", driver="GTiff", width=256, height=256, count=3, dtype=data.dtype
+    ) as dst:
         dst.write(data)
-    code, err = _cli(["train", str(plain), "--labels", str(painted[1]), "--out", str(tmp_path / "r")],
-                     capsys)  # fmt: skip
+    code, err = _cli(
+        ["train", str(plain), "--labels", str(painted[1]), "--out", str(tmp_path / "r")], capsys
+    )
     assert code != 0 and len(err) == 1 and "crs" in err[0].lower()
     assert not (tmp_path / "r" / "model.pt").exists()
 
@@ -207,17 +235,34 @@ def test_scene_crs_other_than_labels_is_reprojected_or_refused(painted, tmp_path
 
 def test_point_cloud_adds_an_elevation_channel_and_infer_needs_it(sample_small, tmp_path, capsys):
     over = {**TINY, "data.chip_size": 96, "train.epochs": 1}
-    model = train([str(sample_small.image)], str(sample_small.labels), [str(sample_small.cloud)],
-                  load_config(None, over), tmp_path / "run", device="cpu")  # fmt: skip
+    model = train(
+        [str(sample_small.image)],
+        str(sample_small.labels),
+        [str(sample_small.cloud)],
+        load_config(None, over),
+        tmp_path / "run",
+        device="cpu",
+    )
     net, meta = load_model(model)
     assert meta["elevation"] is True and meta["arch"]["in_channels"] == 4
     assert meta["classes"] == ["building", "vehicle"]
-    code, err = _cli(["infer", str(model), str(sample_small.image), "--out",
-                      str(tmp_path / "d.gpkg")], capsys)  # fmt: skip
+    code, err = _cli(
+        ["infer", str(model), str(sample_small.image), "--out", str(tmp_path / "d.gpkg")], capsys
+    )
     assert code != 0 and len(err) == 1 and "pointcloud" in err[0]
     assert not (tmp_path / "d.gpkg").exists()
-    code, _ = _cli(["infer", str(model), str(sample_small.image), "--pointcloud",
-                    str(sample_small.cloud), "--out", str(tmp_path / "d.gpkg")], capsys)  # fmt: skip
+    code, _ = _cli(
+        [
+            "infer",
+            str(model),
+            str(sample_small.image),
+            "--pointcloud",
+            str(sample_small.cloud),
+            "--out",
+            str(tmp_path / "d.gpkg"),
+        ],
+        capsys,
+    )
     assert code == 0 and (tmp_path / "d.gpkg").is_file()
 
 
@@ -225,8 +270,9 @@ def test_point_cloud_only_project_trains_on_a_dsm(sample_small, tmp_path):
     """No imagery: the DSM rasterised from the cloud is the scene (one band)."""
     from geodetect.pointcloud import rasterize_file
 
-    dsm = rasterize_file(sample_small.cloud, tmp_path / "dsm.tif", like=sample_small.image,
-                         kind="dsm")  # fmt: skip
+    dsm = rasterize_file(
+        sample_small.cloud, tmp_path / "dsm.tif", like=sample_small.image, kind="dsm"
+    )
     import geopandas as gpd
 
     from geodetect.labels import write_vector
@@ -234,7 +280,8 @@ def test_point_cloud_only_project_trains_on_a_dsm(sample_small, tmp_path):
     labels = gpd.read_file(sample_small.labels).drop(columns="image")  # drawn on the DSM
     labels = write_vector(labels, tmp_path / "dsm_labels.gpkg")
     over = {**TINY, "data.chip_size": 96, "train.epochs": 1}
-    model = train([str(dsm)], str(labels), None, load_config(None, over),
-                  tmp_path / "run", device="cpu")  # fmt: skip
+    model = train(
+        [str(dsm)], str(labels), None, load_config(None, over), tmp_path / "run", device="cpu"
+    )
     _, meta = load_model(model)
     assert meta["bands"] == [1] and meta["arch"]["in_channels"] == 1

@@ -30,8 +30,9 @@ def test_rotating_a_chip_by_theta_shifts_the_label_angle_by_theta(theta):
     box = np.array([64.0, 64.0, 40.0, 10.0, 25.0])
     head = np.array([205.0])  # front on the long axis, pointing "backwards"
     img = _drawn(box)
-    chip, _, boxes, heads = transform_chip(img, [np.ones((P, P), np.uint8)], box[None], head,
-                                           ChipParams(rotate=theta), 96)  # fmt: skip
+    chip, _, boxes, heads = transform_chip(
+        img, [np.ones((P, P), np.uint8)], box[None], head, ChipParams(rotate=theta), 96
+    )
     assert boxes[0, 4] == pytest.approx((25.0 + theta) % 180.0, abs=1e-3)
     assert heads[0] == pytest.approx((205.0 + theta) % 360.0, abs=1e-3)
     assert boxes[0, 2:4] == pytest.approx([40.0, 10.0], abs=1e-3)
@@ -50,8 +51,9 @@ def test_shift_zoom_and_mirror_keep_pixels_and_labels_together():
     head = np.array([20.0])
     img = _drawn(box)
     p = ChipParams(rotate=37.0, dx=5, dy=-4, scale=1.1, flip=True)
-    chip, masks, boxes, heads = transform_chip(img, [np.ones((P, P), np.uint8)], box[None], head,
-                                               p, 96)  # fmt: skip
+    chip, masks, boxes, heads = transform_chip(
+        img, [np.ones((P, P), np.uint8)], box[None], head, p, 96
+    )
     assert _centroid(chip[0]) == pytest.approx(tuple(boxes[0, :2]), abs=0.3)
     assert boxes[0, 2:4] == pytest.approx([33.0, 11.0], abs=1e-4)
     # rotated by 37 clockwise -> 57, then mirrored left-right -> 180 - 57
@@ -66,8 +68,9 @@ def test_canonical_params_lay_the_long_axis_east_with_the_front_right():
     box = np.array([[64.0, 64.0, 30.0, 10.0, 140.0]])
     for head in (140.0, 320.0):
         p = transforms.canonical_params(box[0], head)
-        _, _, b, h = transform_chip(_drawn(box[0]), [np.ones((P, P), np.uint8)], box,
-                                    np.array([head]), p, 64)  # fmt: skip
+        _, _, b, h = transform_chip(
+            _drawn(box[0]), [np.ones((P, P), np.uint8)], box, np.array([head]), p, 64
+        )
         assert b[0, 4] == pytest.approx(90.0) and h[0] == pytest.approx(90.0)
 
 
@@ -77,7 +80,10 @@ def test_normalise_maps_bit_depths_to_the_same_range():
     u16 = u8 * 16.0 + 3.0  # the same scene in 12-bit
     valid = np.ones((50, 50), bool)
     valid[:5] = False
-    s8 = {"low": [u8[b, valid].min() for b in range(3)], "high": [u8[b, valid].max() for b in range(3)]}
+    s8 = {
+        "low": [u8[b, valid].min() for b in range(3)],
+        "high": [u8[b, valid].max() for b in range(3)],
+    }
     s16 = {"low": [v * 16 + 3 for v in s8["low"]], "high": [v * 16 + 3 for v in s8["high"]]}
     a, b = transforms.normalise(u8, valid, s8), transforms.normalise(u16, valid, s16)
     assert np.allclose(a, b, atol=1e-5)
@@ -93,9 +99,18 @@ def test_scene_stats_ignore_nodata_and_are_deterministic(tmp_path):
     data[0, :32] = np.arange(32 * 64).reshape(32, 64) % 1000
     data[0, 40:] = 65535  # nodata
     path = tmp_path / "s.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=64, height=64, count=1, dtype="uint16",
-                       crs="EPSG:32633", transform=Affine(0.25, 0, 500000, 0, -0.25, 5e6),
-                       nodata=65535) as dst:  # fmt: skip
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=64,
+        height=64,
+        count=1,
+        dtype="uint16",
+        crs="EPSG:32633",
+        transform=Affine(0.25, 0, 500000, 0, -0.25, 5e6),
+        nodata=65535,
+    ) as dst:
         dst.write(data)
     s1 = transforms.scene_stats(path, [1], (0.0, 100.0), 1000)
     s2 = transforms.scene_stats(path, [1], (0.0, 100.0), 1000)
@@ -115,6 +130,7 @@ def test_colour_jitter_keeps_the_normalised_range():
     img = np.array([-0.5, 0.0, 1.0, 1.5], np.float32).reshape(1, 1, 4).repeat(4, axis=1)
     img = np.repeat(img, 3, axis=0)
     p = ChipParams(brightness=0.1)
-    chip, _, _, _ = transform_chip(img, [np.ones((4, 4), np.uint8)], np.zeros((0, 5)), np.zeros(0),
-                                   p, 4)  # fmt: skip
+    chip, _, _, _ = transform_chip(
+        img, [np.ones((4, 4), np.uint8)], np.zeros((0, 5)), np.zeros(0), p, 4
+    )
     assert chip[0, 0, 3] > 1.4 and chip[0, 0, 1] == pytest.approx(0.1, abs=1e-3)
