@@ -22,6 +22,7 @@ FULL = {
 QUICK = {
     "size": 256,
     "test_size": 192,
+    "label_fraction": 1.0,  # a 256² scene holds two buildings: label both
     "train": {"epochs": 1, "chips_per_epoch": 16, "batch_size": 8},
     "model": {"width": 8},
 }
@@ -44,7 +45,10 @@ def run_demo(out_dir: str | Path = "demo_out", progress: bool = False, quick: bo
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     _say(f"1/4 generating a training scene and a different test scene in {out}/")
-    train_data = make_sample_data(out / "train", size=p["size"], seed=0, cloud=False, name="train")
+    lf = p.get("label_fraction", 0.4)
+    train_data = make_sample_data(
+        out / "train", size=p["size"], seed=0, cloud=False, name="train", label_fraction=lf
+    )
     test_data = make_sample_data(
         out / "test", size=p["test_size"], seed=1000, cloud=False, name="test"
     )

@@ -30,7 +30,7 @@ def test_image_is_a_north_up_utm_rgb_geotiff(sample_small):
     assert crs.to_epsg() == 32633
     assert res == pytest.approx((0.25, 0.25))
     assert transform.b == 0 and transform.d == 0 and transform.e < 0
-    assert img.shape == (3, 384, 384) and img.dtype == np.uint8
+    assert img.shape == (3, 512, 512) and img.dtype == np.uint8
     assert 300_000 < transform.c < 700_000  # a plausible easting in a UTM zone
     assert img.std() > 10  # textured, not flat
 
