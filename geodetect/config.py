@@ -64,16 +64,16 @@ class ModelConfig(_Section):
 class TrainConfig(_Section):
     """The training loop."""
 
-    epochs: int = Field(30, ge=1, description="passes over `chips_per_epoch` chips")
+    epochs: int = Field(40, ge=1, description="passes over `chips_per_epoch` chips")
     batch_size: int = Field(16, ge=1)
     lr: float = Field(3e-3, gt=0, description="AdamW peak learning rate (one-cycle schedule)")
     weight_decay: float = Field(1e-4, ge=0)
-    chips_per_epoch: int = Field(512, ge=1, description="random chips drawn per epoch")
+    chips_per_epoch: int = Field(768, ge=1, description="random chips drawn per epoch")
     negative_fraction: float = Field(
-        0.3, ge=0, le=1, description="share of chips centred in negative regions"
+        0.5, ge=0, le=1, description="share of chips centred in negative regions"
     )
     hard_negative_weight: float = Field(
-        3.0, ge=1, description="oversampling of confusers inside negatives"
+        5.0, ge=1, description="oversampling of confusers inside negatives"
     )
     val_fraction: float = Field(
         0.2, ge=0, lt=1, description="share of positives held out for validation"

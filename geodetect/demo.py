@@ -17,7 +17,7 @@ from typing import Any
 FULL = {
     "size": 2048,
     "test_size": 1024,
-    "train": {"epochs": 40, "chips_per_epoch": 768, "batch_size": 16},
+    "train": {"epochs": 40, "chips_per_epoch": 768, "batch_size": 16},  # the config defaults
 }
 QUICK = {
     "size": 256,
