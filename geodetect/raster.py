@@ -464,6 +464,8 @@ def sample_pixels(
                 [_valid_values(ds, bands, w, None) for w in _sample_windows(ds, max_pixels, rng)],
                 axis=1,
             )
+            if values.shape[1] < max_pixels // 20:  # mostly nodata (a mosaic's collar)
+                values = _valid_values(ds, bands, None, _decimated_shape(ds, 4 * max_pixels))
     if values.shape[1] > max_pixels:
         values = values[:, np.sort(rng.choice(values.shape[1], max_pixels, replace=False))]
     return values
@@ -473,6 +475,12 @@ def _overview_shape(ds: rasterio.io.DatasetReader, band: int, max_pixels: int) -
     shapes = [(math.ceil(ds.height / f), math.ceil(ds.width / f)) for f in ds.overviews(band)]
     adequate = [s for s in shapes if s[0] * s[1] >= max_pixels]
     return min(adequate, key=lambda s: s[0] * s[1]) if adequate else max(shapes)
+
+
+def _decimated_shape(ds: rasterio.io.DatasetReader, max_pixels: int) -> tuple[int, int]:
+    """(rows, cols) of a whole-extent read holding about `max_pixels` (GDAL decimates)."""
+    f = math.sqrt(max_pixels / (ds.width * ds.height))
+    return max(1, math.ceil(ds.height * f)), max(1, math.ceil(ds.width * f))
 
 
 def _sample_windows(

@@ -359,3 +359,23 @@ def test_reader_rejects_bad_band_and_resampling(rgb: tuple[Path, np.ndarray, Gri
         SceneReader(path, grid, bands=[4]).read(Window(0, 0, 4, 4))
     with pytest.raises(InputError):
         SceneReader(path, grid, resampling="magic")
+
+
+def test_sample_pixels_finds_the_data_of_a_mostly_nodata_scene(tmp_path):
+    """Random windows miss a small island of data in a big nodata collar; the decimated
+    whole-extent read still finds it (mosaics look like this)."""
+    import rasterio
+    from affine import Affine
+
+    from geodetect.raster import sample_pixels
+
+    path = tmp_path / "collar.tif"
+    side = 4096
+    with rasterio.open(path, "w", driver="GTiff", width=side, height=side, count=1,
+                       dtype="uint8", nodata=0, tiled=True, compress="deflate",
+                       crs="EPSG:32633", transform=Affine(1, 0, 0, 0, -1, 0)) as dst:  # fmt: skip
+        dst.write(
+            np.full((1, 64, 64), 77, np.uint8), window=rasterio.windows.Window(100, 3000, 64, 64)
+        )
+    values = sample_pixels(path, [1], max_pixels=20_000, seed=0)
+    assert values.shape[1] > 0 and (values == 77).all()
