@@ -153,37 +153,6 @@ def scene_pair(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def trained_model(scene_pair, tmp_path_factory):
-    """A tiny model trained for a few epochs on the training scene (well under two minutes)."""
-    from geodetect.config import load_config
-    from geodetect.train import train
-
-    config = load_config(
-        None,
-        {
-            "train.epochs": 12,
-            "train.chips_per_epoch": 192,
-            "train.batch_size": 16,
-            "model.width": 16,
-            "infer.tile": 256,
-            "infer.overlap": 112,
-        },
-    )
-    out = tmp_path_factory.mktemp("infer_model")
-    return train(
-        images=[str(scene_pair[0].image)],
-        labels=str(scene_pair[0].labels),
-        pointclouds=None,
-        config=config,
-        out_dir=str(out),
-        device="cpu",
-        seed=0,
-        resume=False,
-        progress=False,
-    )
-
-
-@pytest.fixture(scope="session")
 def baseline(trained_model, scene_pair, tmp_path_factory):
     """Detections on the test scene with tiles smaller than the scene (seams through it).
 
