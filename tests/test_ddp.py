@@ -143,7 +143,6 @@ def _train_worker(rank: int, world: int, port: int, data: tuple, out: str, log: 
 
 @pytest.mark.slow
 def test_two_rank_gloo_training_gives_a_model_that_detects(sample_small, tmp_path):
-    pytest.importorskip("geodetect.train")
     from geodetect.evaluate import evaluate
     from geodetect.infer import infer
 

@@ -88,7 +88,6 @@ def test_cancel_stops_training(dock, qtbot, monkeypatch, tmp_path) -> None:
 @pytest.mark.slow
 def test_real_training_then_detection_and_review(dock, qtbot, tmp_path) -> None:
     """A tiny real run (1 epoch) from the widget, then detections to accept/reject."""
-    pytest.importorskip("geodetect.train")
     from geodetect.config import load_config
 
     config = load_config(
