@@ -123,10 +123,10 @@ from pathlib import Path
 # GEODETECT_NOTEBOOK_QUICK=1 (what the test suite sets): tiny settings that only prove that
 # every cell runs. Unset: settings that give a useful detector in a few minutes on a CPU.
 QUICK = os.environ.get("GEODETECT_NOTEBOOK_QUICK") == "1"
-SIZE = 256 if QUICK else 1024  # scene side in pixels (0.25 m each)
+SIZE = 256 if QUICK else 2048  # scene side in pixels (0.25 m each)
 LABEL_FRACTION = 0.8 if QUICK else 0.4  # share of the objects labelled (every class needs 2+)
-EPOCHS = 2 if QUICK else 12
-CHIPS_PER_EPOCH = 32 if QUICK else 256
+EPOCHS = 2 if QUICK else None  # None: the config's (the benchmarked recipe)
+CHIPS_PER_EPOCH = 32 if QUICK else None
 WIDTH = 8 if QUICK else None  # model.width (None: the config's)
 THRESHOLD = 0.001 if QUICK else None  # None: the model's own; 2 tiny epochs score < 0.05
 DEVICE = "auto"  # or "cpu", "cuda", "cuda:1"
@@ -420,9 +420,9 @@ from pathlib import Path
 # GEODETECT_NOTEBOOK_QUICK=1 (what the test suite sets): tiny settings that only prove that
 # every cell runs. Unset: settings that show the difference the elevation channel makes.
 QUICK = os.environ.get("GEODETECT_NOTEBOOK_QUICK") == "1"
-SIZE = 256 if QUICK else 1024  # scene side in pixels (0.25 m each)
-EPOCHS = 2 if QUICK else 12
-CHIPS_PER_EPOCH = 32 if QUICK else 256
+SIZE = 256 if QUICK else 2048  # scene side in pixels (0.25 m each)
+EPOCHS = 2 if QUICK else None  # None: the config's (the benchmarked recipe)
+CHIPS_PER_EPOCH = 32 if QUICK else None
 WIDTH = 8 if QUICK else None  # model.width (None: the config's)
 CHIP = 64 if QUICK else 128  # data.chip_size at 0.5 m
 THRESHOLD = 0.001 if QUICK else None  # None: the model's own; 2 tiny epochs score < 0.05
