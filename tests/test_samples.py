@@ -59,8 +59,9 @@ def test_known_mask_is_negatives_and_positives_only(painted):
 
     assert at(105, 105) and at(155, 150)  # inside the negative
     assert not at(130, 130)  # its hole: unknown
-    assert not at(95, 130) or not (0 <= 95 - ox < known.shape[1])  # outside everything
-    assert at(CARS[0, 0], CARS[0, 1]) if 0 <= CARS[0, 0] - ox < known.shape[1] else True
+    assert ox <= 70 and oy <= 70  # the patch reaches out past the negative to the first car
+    assert not at(95, 130)  # outside everything: unknown
+    assert at(CARS[0, 0] + 1, CARS[0, 1] + 1)  # inside a labelled positive
     # nothing else is known: the known area equals the labelled area inside the patch
     area = shapely.box(ox, oy, ox + known.shape[1], oy + known.shape[0])
     from geodetect.geometry import box_polygons

@@ -172,11 +172,10 @@ def bad_inputs(tmp_path_factory, painted):
     far = labels_frame(CARS, ["car"] * 5, None, [], g)
     far = far.set_geometry(far.translate(50_000, 0))
     far = write_vector(far, root / "far.gpkg")
-    nocrs = labels_frame(CARS, ["car"] * 5, None, [], g).set_crs(None, allow_override=True)
-    nocrs.to_file(root / "nocrs.geojson", driver="GeoJSON")
+    # a GeoJSON without a crs member means lon/lat; these UTM metres cannot be
     crs_json = root / "nocrs.geojson"
-    text = crs_json.read_text()  # GeoJSON without crs would mean EPSG:4326; say "no CRS" plainly
-    crs_json.write_text(text)
+    nocrs = labels_frame(CARS, ["car"] * 5, None, [], g).set_crs(None, allow_override=True)
+    nocrs.to_file(crs_json, driver="GeoJSON")
     elev = root / "elev.yaml"
     elev.write_text("data:\n  elevation: 'on'\n")
     return {"neg": only_neg, "one": one, "far": far, "nocrs": crs_json, "elev": elev}
@@ -212,7 +211,7 @@ def test_bad_input_is_one_error_line_and_writes_nothing(
     assert not (tmp_path / "run" / "model.pt").exists()
 
 
-def test_scene_crs_other_than_labels_is_reprojected_or_refused(painted, tmp_path, capsys):
+def test_georeferenced_labels_on_a_crs_less_scene_are_refused(painted, tmp_path, capsys):
     """A scene without a CRS cannot take georeferenced labels: a clean error, no model."""
     import rasterio
 
