@@ -151,7 +151,7 @@ def draw_params(rng: np.random.Generator, cfg: Any, max_shift: float) -> ChipPar
     )
 
 
-def _pipeline(p: ChipParams, out: int, colour_channels: int) -> A.Compose:
+def _pipeline(p: ChipParams, out: int) -> A.Compose:
     ops: list[A.BasicTransform] = [
         A.Affine(
             rotate=(-p.rotate, -p.rotate),  # albumentations turns counter-clockwise
@@ -209,7 +209,7 @@ def transform_chip(
     """
     hwc = np.ascontiguousarray(np.moveaxis(image, 0, -1), np.float32)
     corners = geometry.box_corners(boxes, y_down=True, headings=headings).reshape(-1, 2)
-    res = _pipeline(params, out, hwc.shape[-1])(
+    res = _pipeline(params, out)(
         image=hwc, masks=[m.astype(np.uint8) for m in masks], keypoints=corners - 0.5
     )
     chip = _colour(res["image"], params, colour_channels or hwc.shape[-1])
