@@ -299,6 +299,7 @@ def decode(
     """
     out = {k: v.detach() for k, v in out.items()}
     heat = torch.sigmoid(out["heatmap"].float())
+    out["heading"] = _pooled_heading(out["heading"].float(), heat)
     peaks = heat * (F.max_pool2d(heat, 3, 1, 1) == heat)
     n, k, h, w = heat.shape
     front = torch.tensor(list(has_front) + [False] * (k - len(has_front)), dtype=torch.bool)
@@ -335,6 +336,16 @@ def decode(
             }
         )
     return results
+
+
+def _pooled_heading(heading: torch.Tensor, heat: torch.Tensor) -> torch.Tensor:
+    """Heading vectors averaged over each cell's 3x3 neighbourhood, weighted by the heatmap.
+
+    The front/back call of a dark car rests on a faint cue; one cell's vote is noisy, the
+    object's core cells agree more often than any one of them.
+    """
+    w = heat.amax(1, keepdim=True)
+    return F.avg_pool2d(heading * w, 3, 1, 1) / F.avg_pool2d(w, 3, 1, 1).clamp(min=1e-6)
 
 
 # ------------------------------------------------------------------------------ model files

@@ -63,6 +63,22 @@ def test_decode_inverts_encode_for_any_angle():
     assert h[2] == pytest.approx(123.4, abs=1e-3)
 
 
+def test_heading_is_the_vote_of_the_core_not_of_one_cell():
+    """A dark car's front/back cue is faint: when the peak cell alone points backwards but
+    its neighbours point forwards, the decoded heading follows the neighbours."""
+    boxes = np.array([[64.0, 64.0, 18.0, 7.0, 30.0]])
+    t = encode_targets(boxes, np.array([0]), np.array([30.0]), (128, 128), 1)
+    heat = torch.as_tensor(t["heatmap"]).clamp(1e-4, 1 - 1e-4)
+    out = _perfect_outputs(t)
+    out["heatmap"] = torch.logit(heat)[None]  # the Gaussian bump a trained net gives
+    i, j = np.unravel_index(np.argmax(t["heatmap"][0]), t["heatmap"][0].shape)
+    out["heading"] = out["heading"].clone()
+    out["heading"][0, :, i, j] *= -1.0  # the peak cell votes for the rear
+    dets = decode(out, 0.5, [True])[0]
+    assert len(dets["scores"]) == 1
+    assert dets["headings"][0] == pytest.approx(30.0, abs=1e-3)
+
+
 def test_unknown_pixels_carry_no_loss():
     """Gradients w.r.t. the heatmap vanish wherever the known mask is 0, whatever the net says."""
     t = encode_targets(
