@@ -30,19 +30,21 @@ from rasterio.windows import Window
 
 def train_model(work: Path, device: str, epochs: int | None) -> Path:
     from geodetect.config import load_config
-    from geodetect.data import make_sample_data
+    from geodetect.data import make_training_set
     from geodetect.demo import FULL
     from geodetect.train import train
 
-    data = make_sample_data(work / "train", size=FULL["size"], seed=0, cloud=False, name="train")
+    scenes, labels = make_training_set(
+        work / "train", seeds=FULL["train_seeds"], size=FULL["size"], cloud=False
+    )
     overrides = {f"train.{k}": v for k, v in FULL["train"].items()}
     if epochs:
         overrides["train.epochs"] = epochs
     config = load_config(None, overrides)
     t0 = time.perf_counter()
     model = train(
-        images=[str(data.image)],
-        labels=str(data.labels),
+        images=[str(d.image) for d in scenes],
+        labels=str(labels),
         pointclouds=None,
         config=config,
         out_dir=str(work / "run"),
@@ -51,7 +53,7 @@ def train_model(work: Path, device: str, epochs: int | None) -> Path:
         resume=False,
         progress=False,
     )
-    print(f"trained on {data.image.name} in {time.perf_counter() - t0:.0f} s")
+    print(f"trained on {len(scenes)} scenes of {FULL['size']}² in {time.perf_counter() - t0:.0f} s")
     return Path(model)
 
 

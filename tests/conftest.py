@@ -36,15 +36,19 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture(scope="session")
 def trained_model(tmp_path_factory):
-    """A model trained with the default recipe on a 2048² generated scene with 40 % of its
-    objects labelled (about five minutes on 2 cores, once per session), shared by the infer
-    and scale-out tests. Shorter runs find objects but are not yet rotation-consistent for
-    vehicles, which the rotated-scene test checks."""
+    """A model trained with the default recipe on the demo's two 1448² generated tiles with
+    40 % of their objects labelled (about five minutes on 2 cores, once per session), shared by
+    the infer and scale-out tests. Shorter runs find objects but are not yet
+    rotation-consistent for vehicles, which the rotated-scene test checks."""
     from geodetect.config import load_config
-    from geodetect.data import make_sample_data
+    from geodetect.data import make_training_set
+    from geodetect.demo import FULL
     from geodetect.train import train
 
     root = tmp_path_factory.mktemp("trained_model")
-    data = make_sample_data(root / "data", size=2048, seed=0, cloud=False, name="train")
+    scenes, labels = make_training_set(
+        root / "data", seeds=FULL["train_seeds"], size=FULL["size"], cloud=False
+    )
     config = load_config(None, {"infer.tile": 256, "infer.overlap": 112})
-    return train([str(data.image)], str(data.labels), None, config, root / "run", device="cpu")
+    images = [str(d.image) for d in scenes]
+    return train(images, str(labels), None, config, root / "run", device="cpu")

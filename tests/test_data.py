@@ -10,7 +10,7 @@ import rasterio
 from rasterio.features import geometry_mask
 from shapely.geometry import Polygon
 
-from geodetect.data import make_pair, make_sample_data
+from geodetect.data import make_pair, make_sample_data, make_training_set
 from geodetect.errors import CRSError, InputError
 
 
@@ -167,6 +167,22 @@ def test_make_pair_gives_two_different_scenes(tmp_path):
     train, test = make_pair(tmp_path, size=96, cloud=False)
     assert train.image.name == "train.tif" and test.image.name == "test.tif"
     assert not np.array_equal(_read(train.image)[0], _read(test.image)[0])
+
+
+def test_training_set_is_several_scenes_with_one_label_file(tmp_path):
+    scenes, labels = make_training_set(tmp_path, seeds=(0, 7), size=256, cloud=False)
+    assert [d.image.name for d in scenes] == ["train_0.tif", "train_7.tif"]
+    assert not np.array_equal(_read(scenes[0].image)[0], _read(scenes[1].image)[0])
+    merged = gpd.read_file(labels)
+    parts = [gpd.read_file(d.labels) for d in scenes]
+    assert len(merged) == sum(len(p) for p in parts)
+    for d, part in zip(scenes, parts, strict=True):
+        rows = merged[merged["image"] == d.image.name]
+        assert len(rows) == len(part) and rows.geometry.union_all().equals(
+            part.geometry.union_all()
+        )
+    with pytest.raises(InputError):
+        make_training_set(tmp_path / "none", seeds=(), size=256, cloud=False)
 
 
 @pytest.mark.parametrize(

@@ -340,7 +340,8 @@ def test_sample_pixels_percentiles_match_the_whole_scene(tmp_path: Path) -> None
     data = np.full((1, side, side), 60, np.uint8)
     rng = np.random.default_rng(5)
     data += rng.integers(0, 40, data.shape, dtype=np.uint8)  # ground: 60-99
-    for (r, c), v in zip(rng.integers(0, side - 100, (30, 2)), np.linspace(120, 250, 30)):
+    roofs = zip(rng.integers(0, side - 100, (30, 2)), np.linspace(120, 250, 30), strict=True)
+    for (r, c), v in roofs:
         data[:, r : r + 100, c : c + 100] = int(v)  # roofs of 100²: 7 % of the scene
     path = write_raster(tmp_path / "roofs.tif", data, utm_grid(side, side))
     truth = np.percentile(data.reshape(-1), 98)

@@ -102,6 +102,34 @@ def make_sample_data(
     return paths
 
 
+def make_training_set(
+    out_dir: str | Path,
+    seeds: tuple[int, ...] = (0, 7),
+    size: int = 1448,
+    name: str = "train",
+    **kwargs,
+) -> tuple[list[SampleData], Path]:
+    """Several scenes (one per seed) and one sparse label file covering them all, as an
+    analyst who labels a few tiles of an area saves them: each row names its scene in
+    `image`. Two tiles of 1448² teach more than one 2048² (the same pixels): each scene has
+    its own light, sun and roof palette, and a detector trained on one scene learns it.
+
+    Returns the scenes and `{out_dir}/{name}_labels.gpkg`. Other arguments as make_sample_data.
+    """
+    import geopandas as gpd
+    import pandas as pd
+
+    if not seeds:
+        raise InputError("seeds: give at least one scene seed")
+    out = Path(out_dir)
+    scenes = [make_sample_data(out, size=size, seed=s, name=f"{name}_{s}", **kwargs) for s in seeds]
+    frames = [gpd.read_file(d.labels) for d in scenes]
+    labels = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=frames[0].crs)
+    path = out / f"{name}_labels.gpkg"
+    _write_vector(labels, path)
+    return scenes, path
+
+
 def make_pair(
     out_dir: str | Path, seed: int = 0, size: int = 1024, **kwargs
 ) -> tuple[SampleData, SampleData]:
