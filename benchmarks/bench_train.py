@@ -1,9 +1,9 @@
 """Training benchmark: prints figures, asserts nothing.
 
 Trains on generated scenes with sparse labels (about 40 % of the objects plus negative
-regions) with the demo's recipe (`geodetect.demo.FULL`: two 1448² tiles), then prints the wall
-time, the validation AP50 per class after every epoch, and AP50 on three test scenes never seen
-in training (bench_infer's).
+regions) with the demo's recipe (`geodetect.demo.FULL`: three 1448² tiles), then prints the
+wall time, the validation AP50 per class after every epoch, and AP50 on three test scenes never
+seen in training (bench_infer's).
 
     python benchmarks/bench_train.py [--threads 2] [--size 1448] [--dtype uint16] [--epochs N]
 """

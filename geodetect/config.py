@@ -64,7 +64,7 @@ class ModelConfig(_Section):
 class TrainConfig(_Section):
     """The training loop."""
 
-    epochs: int = Field(40, ge=1, description="passes over `chips_per_epoch` chips")
+    epochs: int = Field(60, ge=1, description="passes over `chips_per_epoch` chips")
     batch_size: int = Field(16, ge=1)
     lr: float = Field(3e-3, gt=0, description="AdamW peak learning rate (one-cycle schedule)")
     weight_decay: float = Field(1e-4, ge=0)

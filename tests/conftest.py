@@ -36,7 +36,7 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture(scope="session")
 def trained_model(tmp_path_factory):
-    """A model trained with the default recipe on the demo's two 1448² generated tiles with
+    """A model trained with the default recipe on the demo's three 1448² generated tiles with
     40 % of their objects labelled (about five minutes on 2 cores, once per session), shared by
     the infer and scale-out tests. Shorter runs find objects but are not yet
     rotation-consistent for vehicles, which the rotated-scene test checks."""
