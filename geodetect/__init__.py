@@ -48,6 +48,7 @@ _API = {
     # sample data (geodetect demo)
     "make_sample_data": "data",
     "make_pair": "data",
+    "make_training_set": "data",
     # errors
     "GeodetectError": "errors",
 }

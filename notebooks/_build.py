@@ -123,7 +123,9 @@ from pathlib import Path
 # GEODETECT_NOTEBOOK_QUICK=1 (what the test suite sets): tiny settings that only prove that
 # every cell runs. Unset: settings that give a useful detector in a few minutes on a CPU.
 QUICK = os.environ.get("GEODETECT_NOTEBOOK_QUICK") == "1"
-SIZE = 256 if QUICK else 2048  # scene side in pixels (0.25 m each)
+TILES = (0,) if QUICK else (0, 7, 8)  # seeds of the training tiles (the demo's recipe)
+SIZE = 256 if QUICK else 1448  # training tiles' side in pixels (0.25 m each)
+TEST_SIZE = 256 if QUICK else 1024  # the test scene's side
 LABEL_FRACTION = 0.8 if QUICK else 0.4  # share of the objects labelled (every class needs 2+)
 EPOCHS = 2 if QUICK else None  # None: the config's (the benchmarked recipe)
 CHIPS_PER_EPOCH = 32 if QUICK else None
@@ -150,7 +152,8 @@ from geodetect import (
     infer,
     load_config,
     load_model,
-    make_pair,
+    make_sample_data,
+    make_training_set,
     precision_recall_curves,
     read_labels,
     train,
@@ -163,28 +166,32 @@ from geodetect import (
         """\
 ## 1 A scene and its labels
 
-`make_pair` generates a training scene and a *different* test scene (another seed): RGB
-GeoTIFFs at 0.25 m in UTM with vehicles, buildings, trees, roads, shadows and look-alikes
-(containers, skips, sheds). Each comes with its full truth and with **sparse labels**, what a
-person labels in napari: some of the objects as oriented rectangles (*positives*; vehicles
-with `heading_deg`) and a few *negative* polygons that hold no object. Everything else is
-unknown, never assumed to be background.
+`make_training_set` generates three training tiles and `make_sample_data` a *different* test
+scene (another seed): RGB GeoTIFFs at 0.25 m in UTM with vehicles, buildings, trees, roads,
+shadows and look-alikes (containers, skips, sheds). Each comes with its full truth; the tiles
+share one file of **sparse labels**, what a person labels in napari: some of the objects as
+oriented rectangles (*positives*; vehicles with `heading_deg`) and a few *negative* polygons
+that hold no object, each row naming its tile in `image`. Everything else is unknown, never
+assumed to be background. Several tiles teach more than one big scene of the same pixels:
+each has its own light, sun and palette.
 
-To use your own data, set `TRAIN_IMAGE`, `LABELS`, `TEST_IMAGE` and `TRUTH` to your files
+To use your own data, set `TRAIN_IMAGES`, `LABELS`, `TEST_IMAGE` and `TRUTH` to your files
 (any GDAL raster; a label file as in the README).""",
     ),
     (
         "code",
         """\
-train_scene, test_scene = make_pair(
-    WORK / "data", seed=0, size=SIZE, cloud=False, label_fraction=LABEL_FRACTION
+tiles, LABELS = make_training_set(
+    WORK / "data", seeds=TILES, size=SIZE, cloud=False, label_fraction=LABEL_FRACTION
 )
-TRAIN_IMAGE, LABELS = train_scene.image, train_scene.labels
+test_scene = make_sample_data(WORK / "data", size=TEST_SIZE, seed=1000, cloud=False, name="test")
+TRAIN_IMAGES = [tile.image for tile in tiles]
 TEST_IMAGE, TRUTH = test_scene.image, test_scene.truth
 
-with rasterio.open(TRAIN_IMAGE) as src:
-    print(f"{TRAIN_IMAGE.name}: {src.width} x {src.height} px, {src.count} bands {src.dtypes[0]}, "
-          f"{src.res[0]} m/px, {src.crs}")
+for path in TRAIN_IMAGES:
+    with rasterio.open(path) as src:
+        print(f"{path.name}: {src.width} x {src.height} px, {src.count} bands {src.dtypes[0]}, "
+              f"{src.res[0]} m/px, {src.crs}")
 
 labels = read_labels(LABELS)
 labels.groupby(["label", "class"], dropna=False).size().rename("features").to_frame()""",
@@ -192,10 +199,11 @@ labels.groupby(["label", "class"], dropna=False).size().rename("features").to_fr
     (
         "code",
         """\
-ax = show_scene(TRAIN_IMAGE, title="training scene and its sparse labels")
-negatives = labels[labels["label"] == "negative"]
+ax = show_scene(TRAIN_IMAGES[0], title="a training tile and its sparse labels")
+tile_labels = labels[labels["image"] == TRAIN_IMAGES[0].name]
+negatives = tile_labels[tile_labels["label"] == "negative"]
 negatives.plot(ax=ax, facecolor="none", edgecolor="cyan", hatch="//", linewidth=0.8)
-draw_boxes(ax, labels[labels["label"] == "positive"])
+draw_boxes(ax, tile_labels[tile_labels["label"] == "positive"])
 legend(ax, {**CLASS_COLOURS, "negative": "cyan"});""",
     ),
     (
@@ -222,7 +230,9 @@ overrides = {
 config = load_config(CONFIGS / "default.yaml", overrides)
 print(config.train)
 
-index = write_samples([str(TRAIN_IMAGE)], str(LABELS), None, config, WORK / "samples")
+index = write_samples(
+    [str(p) for p in TRAIN_IMAGES], str(LABELS), None, config, WORK / "samples"
+)
 samples = pd.read_csv(index)
 samples.groupby(["label", "class"], dropna=False).size().rename("chips").to_frame()""",
     ),
@@ -235,7 +245,7 @@ def show_chips(rows, title, n=8):
     fig, axes = plt.subplots(1, n, figsize=(2 * n, 2.3), squeeze=False)
     for ax in axes[0]:
         ax.axis("off")
-    for ax, (_, row) in zip(axes[0], rows.iterrows()):
+    for ax, (_, row) in zip(axes[0], rows.iterrows(), strict=False):  # fewer rows than axes
         ax.imshow(plt.imread(index.parent / row["path"]))
         ax.set_title(row["class"] if isinstance(row["class"], str) else "", fontsize=9)
     fig.suptitle(title)
@@ -257,7 +267,7 @@ held-out positives per epoch.""",
         "code",
         """\
 model_path = train(
-    [str(TRAIN_IMAGE)],
+    [str(p) for p in TRAIN_IMAGES],
     str(LABELS),
     config=config,
     out_dir=str(WORK / "run"),
@@ -381,8 +391,8 @@ legend(ax, {"truth": "white", "false positive": "red", "missed (false negative)"
 ## The same from the command line
 
 ```bash
-geodetect samples train.tif --labels train_labels.gpkg --config configs/default.yaml --out samples
-geodetect train train.tif --labels train_labels.gpkg --config configs/default.yaml --out run
+geodetect samples train_?.tif --labels train_labels.gpkg --config configs/default.yaml --out samples
+geodetect train train_?.tif --labels train_labels.gpkg --config configs/default.yaml --out run
 geodetect infer run/model.pt test.tif --out detections.gpkg
 geodetect evaluate detections.gpkg test_truth.gpkg --iou 0.5 --errors errors.gpkg
 ```
@@ -633,7 +643,7 @@ fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
 colours = ["tab:blue", "tab:green", "tab:purple"]
 a.bar(table.index, pd.to_numeric(table["ap"]).fillna(0), color=colours)
 a.set(ylabel="building AP@0.5", ylim=(0, 1), title="AP on the test scene")
-for (name, r), style in zip(results.items(), ["-", "--", ":"]):
+for (name, r), style in zip(results.items(), ["-", "--", ":"], strict=True):
     c = precision_recall_curves(r["detections"], test_truth, iou=0.5).get("building")
     if c is not None:
         b.plot(c["recall"], c["precision"], style, linewidth=2, label=name)
@@ -645,7 +655,7 @@ b.legend();""",
         """\
 truth = read_labels(test_truth)
 fig, axes = plt.subplots(1, 3, figsize=(18, 6.5), layout="constrained")
-for ax, (name, r) in zip(axes, results.items()):
+for ax, (name, r) in zip(axes, results.items(), strict=True):
     show_scene(test_scene.image, ax=ax, title=name)
     truth.boundary.plot(ax=ax, color="white", linewidth=0.6)
     found = gpd.read_file(r["detections"])
