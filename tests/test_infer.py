@@ -181,13 +181,17 @@ def test_output_schema_and_crs(baseline, scene_pair):
 
 
 def test_polygons_line_up_with_truth(baseline, scene_pair):
-    """Matched detections sit on their truth in the scene CRS (map frame, angles included)."""
+    """Detections sit on their truth in the scene CRS (map frame, angles included): the
+    default recipe finds the unseen scene's objects at IoU 0.5 (all 19 when measured; one
+    miss allowed), their angles within 5° and the vehicles' fronts."""
     metrics = evaluate(baseline, scene_pair[1].truth, iou=0.5)
-    total_tp = sum(c["tp"] for c in metrics["classes"].values())
-    assert total_tp >= 3
-    for c in metrics["classes"].values():
-        if c["angle_error_median"] is not None:
-            assert c["angle_error_median"] < 15.0
+    classes = metrics["classes"]
+    found = sum(c["tp"] for c in classes.values())
+    assert found >= sum(c["n_truth"] for c in classes.values()) - 1
+    assert set(classes) == {"building", "vehicle"}
+    for c in classes.values():
+        assert c["angle_error_median"] <= 5.0
+    assert classes["vehicle"]["heading_correct_rate"] >= 0.9
 
 
 def test_seam_objects_found_once_and_whole(trained_model, baseline, scene_pair, tmp_path):
