@@ -1,8 +1,8 @@
 """`geodetect demo` (what `make demo` runs): the main job end to end on generated data.
 
-Makes training scenes and a *different* test scene (another seed), trains on the sparse
-labels of the first, detects over the second, evaluates against its full truth, and prints the
-metrics and where every file is. Defaults finish in a few minutes on a laptop CPU.
+Makes training tiles and a *different* test scene (other seeds), trains on the tiles' sparse
+labels, detects over the test scene, evaluates against its full truth, and prints the metrics
+and where every file is. Defaults finish in a few minutes on a laptop CPU.
 """
 
 from __future__ import annotations

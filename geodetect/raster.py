@@ -499,8 +499,8 @@ def _sample_windows(
     windows = []
     for r0, r1 in _cells(ds.height, gy):
         for c0, c1 in _cells(ds.width, gx):
-            r = int(rng.integers(r0, max(r0, min(r1, ds.height) - h) + 1))
-            c = int(rng.integers(c0, max(c0, min(c1, ds.width) - w) + 1))
+            r = int(rng.integers(r0, max(r0, r1 - h) + 1))  # cells are >= the window
+            c = int(rng.integers(c0, max(c0, c1 - w) + 1))
             windows.append(Window(c, r, w, h))
     return windows
 
