@@ -1,8 +1,8 @@
-"""Detection quality: AP / precision / recall / F1 and angle errors per class, error layers.
+"""`geodetect evaluate`: detection and truth files -> per-class metrics, error layers.
 
-Matching is greedy by descending score with exact rotated-polygon IoU (geometry.rotated_iou):
-each prediction takes the best still-unmatched truth of its class (and image) at IoU >= `iou`.
-AP is the VOC all-point interpolated area under the precision/recall curve.
+Reads both files, takes them to one planar CRS (headings turned by the meridian convergence
+where needed), groups by class and image, and leaves the matching and the numbers to
+matching.py.
 """
 
 from __future__ import annotations
@@ -20,183 +20,9 @@ from pyproj import Transformer
 
 from geodetect import geometry
 from geodetect.errors import CRSError, InputError, LabelError
+from geodetect.matching import match, matched_metrics
 
-HEADING_TOLERANCE_DEG = 45.0
 Source = str | Path | gpd.GeoDataFrame  # a vector file or a table already in memory
-
-
-def _aabb(boxes: np.ndarray) -> np.ndarray:
-    """Axis-aligned bounds (N, 4) of oriented boxes; valid in either frame (uses |sin|, |cos|)."""
-    a = np.radians(boxes[:, 4])
-    s, c = np.abs(np.sin(a)), np.abs(np.cos(a))
-    hx = (boxes[:, 2] * s + boxes[:, 3] * c) / 2
-    hy = (boxes[:, 2] * c + boxes[:, 3] * s) / 2
-    return np.stack([boxes[:, 0] - hx, boxes[:, 1] - hy, boxes[:, 0] + hx, boxes[:, 1] + hy], 1)
-
-
-def _group_codes(
-    pred_groups: Any, truth_groups: Any, n: int, m: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Integer group ids shared by predictions and truths (one group when none given)."""
-    if pred_groups is None or truth_groups is None:
-        return np.zeros(n, np.int64), np.zeros(m, np.int64)
-    p = np.asarray(pred_groups, dtype=object).astype(str)
-    t = np.asarray(truth_groups, dtype=object).astype(str)
-    _, codes = np.unique(np.concatenate([p, t]), return_inverse=True)
-    return codes[:n], codes[n:]
-
-
-def _candidate_ious(pred: np.ndarray, truth: np.ndarray, pg: np.ndarray, tg: np.ndarray) -> list:
-    """Per prediction: (truth indices, IoUs) of the truths whose bounds touch it in its group.
-
-    An STRtree on axis-aligned bounds keeps this linear-ish in scene size instead of N×M.
-    """
-    out: list = [(np.empty(0, np.int64), np.empty(0))] * len(pred)
-    if len(pred) == 0 or len(truth) == 0:
-        return out
-    tree = shapely.STRtree(shapely.box(*_aabb(truth).T))
-    pi, ti = tree.query(shapely.box(*_aabb(pred).T), predicate="intersects")
-    same = pg[pi] == tg[ti]
-    pi, ti = pi[same], ti[same]
-    sort = np.argsort(pi, kind="stable")
-    pi, ti = pi[sort], ti[sort]
-    starts = np.searchsorted(pi, np.arange(len(pred) + 1))
-    for i in np.unique(pi):
-        cand = ti[starts[i] : starts[i + 1]]
-        out[i] = (cand, geometry.rotated_iou(pred[i : i + 1], truth[cand])[0])
-    return out
-
-
-def match(
-    pred_boxes: np.ndarray,
-    pred_scores: np.ndarray,
-    truth_boxes: np.ndarray,
-    iou: float = 0.5,
-    pred_groups: Any = None,
-    truth_groups: Any = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Greedy matching; returns (order, match per ordered prediction (-1 = FP), sorted scores)."""
-    pred = np.asarray(pred_boxes, np.float64).reshape(-1, 5)
-    truth = np.asarray(truth_boxes, np.float64).reshape(-1, 5)
-    scores = np.asarray(pred_scores, np.float64).reshape(-1)
-    pg, tg = _group_codes(pred_groups, truth_groups, len(pred), len(truth))
-    order = np.argsort(-scores, kind="stable")
-    cands = _candidate_ious(pred, truth, pg, tg)
-    taken = np.zeros(len(truth), bool)
-    matched = np.full(len(pred), -1, np.int64)
-    for k, i in enumerate(order):
-        idx, ious = cands[i]
-        ok = (ious >= iou) & ~taken[idx]
-        if ok.any():
-            j = idx[ok][np.argmax(ious[ok])]
-            taken[j] = True
-            matched[k] = j
-    return order, matched, scores[order]
-
-
-def _ap(recall: np.ndarray, precision: np.ndarray) -> float:
-    """VOC all-point interpolated average precision."""
-    mrec = np.concatenate([[0.0], recall, [1.0]])
-    mpre = np.concatenate([[0.0], precision, [0.0]])
-    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
-    step = np.nonzero(mrec[1:] != mrec[:-1])[0]
-    return float(np.sum((mrec[step + 1] - mrec[step]) * mpre[step + 1]))
-
-
-def _best_cut(
-    tp_cum: np.ndarray, n_pred_cum: np.ndarray, n_truth: int, sorted_scores: np.ndarray
-) -> int:
-    """Number of leading predictions at the best-F1 score threshold (ties kept together)."""
-    if len(sorted_scores) == 0 or n_truth == 0:
-        return 0
-    f1 = 2 * tp_cum / (n_pred_cum + n_truth)
-    # only cut where the next score is strictly lower, so "score >= threshold" reproduces the cut
-    ends = np.ones(len(sorted_scores), bool)
-    ends[:-1] = sorted_scores[1:] < sorted_scores[:-1]
-    f1 = np.where(ends, f1, -1.0)
-    k = int(np.argmax(f1))
-    return k + 1 if f1[k] > 0 else 0
-
-
-def _stat(values: np.ndarray, fn: Any) -> float | None:
-    values = values[np.isfinite(values)]
-    return float(fn(values)) if len(values) else None
-
-
-def class_metrics(
-    pred_boxes: np.ndarray,
-    pred_scores: np.ndarray,
-    truth_boxes: np.ndarray,
-    iou: float = 0.5,
-    pred_headings: np.ndarray | None = None,
-    truth_headings: np.ndarray | None = None,
-    pred_groups: Any = None,
-    truth_groups: Any = None,
-) -> dict:
-    """Metrics for one class; boxes (N, 5)/(M, 5) in one common frame, groups = image ids.
-
-    Precision/recall/F1, tp/fp/fn and the angle/heading errors are taken at the best-F1 score
-    `threshold`; "precisions"/"recalls" are the full PR curve by descending score. Values that
-    are undefined (no truth, no match) are None so the dict is JSON-serialisable.
-    """
-    pred = np.asarray(pred_boxes, np.float64).reshape(-1, 5)
-    truth = np.asarray(truth_boxes, np.float64).reshape(-1, 5)
-    matching = match(pred, pred_scores, truth, iou, pred_groups, truth_groups)
-    return _metrics(pred, truth, *matching, pred_headings, truth_headings)
-
-
-def _metrics(
-    pred: np.ndarray,
-    truth: np.ndarray,
-    order: np.ndarray,
-    matched: np.ndarray,
-    sorted_scores: np.ndarray,
-    pred_headings: np.ndarray | None,
-    truth_headings: np.ndarray | None,
-) -> dict:
-    """class_metrics from a finished matching."""
-    n, m = len(pred), len(truth)
-    tp_cum = np.cumsum(matched >= 0).astype(np.float64)
-    n_cum = np.arange(1, n + 1, dtype=np.float64)
-    precisions = tp_cum / n_cum if n else np.empty(0)
-    recalls = tp_cum / m if m else np.zeros(n)
-    cut = _best_cut(tp_cum, n_cum, m, sorted_scores)
-    tp = int(tp_cum[cut - 1]) if cut else 0
-    fp, fn = cut - tp, m - tp
-    precision = tp / cut if cut else (None if m == 0 else 0.0)
-    recall = tp / m if m else None
-    f1 = 2 * tp / (cut + m) if (cut + m) else None
-    kept = matched[:cut]
-    is_tp = kept >= 0
-    p_idx, t_idx = order[:cut][is_tp], kept[is_tp]
-    angle_err = np.asarray(geometry.angle_difference(pred[p_idx, 4], truth[t_idx, 4], 180.0), float)
-    heading_err = np.empty(0)
-    if pred_headings is not None and truth_headings is not None and len(p_idx):
-        ph = np.asarray(pred_headings, np.float64)[p_idx]
-        th = np.asarray(truth_headings, np.float64)[t_idx]
-        both = np.isfinite(ph) & np.isfinite(th)
-        heading_err = np.asarray(geometry.angle_difference(ph[both], th[both], 360.0), float)
-    return {
-        "ap": _ap(recalls, precisions) if m else None,
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
-        "threshold": float(sorted_scores[cut - 1]) if cut else None,
-        "tp": tp,
-        "fp": fp,
-        "fn": fn,
-        "n_truth": m,
-        "n_pred": n,
-        "angle_error_mean": _stat(angle_err, np.mean),
-        "angle_error_median": _stat(angle_err, np.median),
-        "heading_error_mean": _stat(heading_err, np.mean),
-        "heading_error_median": _stat(heading_err, np.median),
-        "heading_correct_rate": (
-            float(np.mean(heading_err <= HEADING_TOLERANCE_DEG)) if len(heading_err) else None
-        ),
-        "precisions": [float(x) for x in precisions],
-        "recalls": [float(x) for x in recalls],
-    }
 
 
 def _boxes_of(gdf: Any, path: str) -> np.ndarray:
@@ -383,7 +209,7 @@ def _per_class(
         pgi = pair.pg[pi] if pair.pg is not None else None
         tgi = pair.tg[ti] if pair.tg is not None else None
         matching = match(pair.pb[pi], pair.scores[pi], pair.tb[ti], iou, pgi, tgi)
-        res = _metrics(pair.pb[pi], pair.tb[ti], *matching, pair.ph[pi], pair.th[ti])
+        res = matched_metrics(pair.pb[pi], pair.tb[ti], *matching, pair.ph[pi], pair.th[ti])
         yield name, pi, ti, matching, res
 
 

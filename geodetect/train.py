@@ -121,8 +121,8 @@ def _view_detections(net: torch.nn.Module, views: list[Patch], project: Project,
 def validate(net: torch.nn.Module, views: list[Patch], project: Project, dev: torch.device) -> dict:
     """AP50 per class on held-out labels; detections in unknown areas are neither right nor
     wrong (labels are sparse)."""
-    from geodetect.evaluate import class_metrics
     from geodetect.geometry import rotated_nms
+    from geodetect.matching import class_metrics
 
     net.eval()
     dets = _view_detections(net, views, project, dev)

@@ -13,8 +13,9 @@ import pytest
 import shapely
 
 from geodetect.cli import main
-from geodetect.evaluate import class_metrics, comparison_crs, evaluate, precision_recall_curves
+from geodetect.evaluate import comparison_crs, evaluate, precision_recall_curves
 from geodetect.geometry import boxes_from_corners
+from geodetect.matching import class_metrics
 
 TRUTH = np.array([[0, 0, 4, 2, 10], [10, 0, 4, 2, 170], [20, 0, 4, 2, 90]], float)
 

@@ -14,9 +14,10 @@ import torch
 
 from geodetect import tta
 from geodetect.cli import main
-from geodetect.evaluate import class_metrics, evaluate
+from geodetect.evaluate import evaluate
 from geodetect.geometry import rotated_iou
 from geodetect.infer import SEAM_SLACK_PX, _core, infer
+from geodetect.matching import class_metrics
 from geodetect.merge import merge_detections, polygon_boxes
 
 torch.set_num_threads(2)
