@@ -1,7 +1,8 @@
 """Inference benchmark: prints figures, asserts nothing.
 
-1. AP on three generated test scenes never seen in training (train seed 0, test seeds 1-3,
-   pooled), also on the same scenes at another GSD (0.35 m vs 0.25 m) with a colour cast.
+1. AP on three generated test scenes never seen in training (test seeds 1-3, pooled; the
+   training tiles are demo.FULL's), also on the same scenes at another GSD (0.35 m vs 0.25 m)
+   with a colour cast.
 2. Throughput in scene Mpx/s on a 4096² scene at 0.25 m (CPU, or `--device cuda`).
 3. Peak RSS of `geodetect infer` (a fresh process) on a 16k × 16k mostly-nodata compressed
    GeoTIFF, written window by window so the benchmark itself never holds it.
@@ -59,8 +60,8 @@ def train_model(work: Path, device: str, epochs: int | None) -> Path:
 TEST_SEEDS = (1, 2, 3)  # three unseen 1024² scenes: one alone holds ~20 buildings, a noisy AP
 
 
-def test_scenes(work: Path, tag: str, **kw) -> tuple[list[Path], gpd.GeoDataFrame]:
-    """Unseen test scenes (never the training seed 0) and their pooled truth."""
+def unseen_scenes(work: Path, tag: str, **kw) -> tuple[list[Path], gpd.GeoDataFrame]:
+    """Unseen test scenes (seeds no training tile uses) and their pooled truth."""
     from geodetect.data import make_sample_data
 
     size = int(round(1024 * 0.25 / kw["gsd"]))  # the same ground footprint at any GSD
@@ -83,7 +84,7 @@ def bench_ap(model: Path, work: Path, device: str) -> None:
     }
     for name, kw in cases.items():
         tag = name.replace(" ", "_").replace("+", "").replace(".", "")
-        images, truth = test_scenes(work, tag, **kw)
+        images, truth = unseen_scenes(work, tag, **kw)
         for use_tta in (False, True):
             out = infer(
                 model, images, out=work / f"{tag}_{use_tta}.gpkg", device=device, tta=use_tta

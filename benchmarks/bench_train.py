@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_infer import test_scenes  # the same unseen test scenes
+from bench_infer import unseen_scenes  # the same unseen test scenes
 
 
 def main() -> None:
@@ -45,7 +45,7 @@ def main() -> None:
     scenes, labels = make_training_set(
         work / "train", seeds=FULL["train_seeds"], size=args.size, cloud=False, dtype=args.dtype
     )
-    test_images, test_truth = test_scenes(work, "test", gsd=0.25, dtype=args.dtype)
+    test_images, test_truth = unseen_scenes(work, "test", gsd=0.25, dtype=args.dtype)
     print(
         f"data: {len(scenes)} training scenes of {args.size}², {len(test_images)} test scenes of "
         f"1024², {args.dtype}, {time.perf_counter() - t0:.1f} s"
