@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from geodetect import __version__
-from geodetect.errors import GeodetectError
+from geodetect.errors import GeodetectError, InputError
 
 
 def _progress_enabled(args: argparse.Namespace) -> bool:
@@ -23,6 +23,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from geodetect.config import load_config
     from geodetect.train import train
 
+    if args.extend and not args.resume:
+        raise InputError("--extend only applies to --resume (a longer schedule for that run)")
     config = load_config(args.config, {"train.epochs": args.epochs})
     model_path = train(
         images=args.images,
@@ -34,15 +36,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         resume=args.resume,
         progress=_progress_enabled(args),
+        extend=args.extend,
     )
     print(model_path)
     return 0
 
 
 def _cmd_infer(args: argparse.Namespace) -> int:
+    from geodetect.atomic import check_not_input
     from geodetect.infer import infer
     from geodetect.scaleout import expand_images
 
+    check_not_input(args.out, [args.from_list])
     out = infer(
         model=args.model,
         images=expand_images(args.images, args.from_list),
@@ -138,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
     p.add_argument("--seed", type=int, default=0, metavar="N")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in DIR")
+    p.add_argument(
+        "--extend", action="store_true", help="with --resume: allow more epochs than planned"
+    )
     p.set_defaults(func=_cmd_train)
 
     p = add("infer", "detect objects over whole scenes")
@@ -203,6 +211,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except FileNotFoundError as exc:
         print(f"error: {exc.filename or exc}: no such file", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a folder where a file was expected, no permission, disk full
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -6,16 +6,20 @@ Unknown keys are errors (extra="forbid") so a typo in a YAML file never passes s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from geodetect.errors import InputError
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN and infinity pass every `gt`/`le` bound in YAML (.nan, .inf): refuse them outright
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+Percent = Annotated[float, Field(ge=0, le=100)]  # a percentile, e.g. of a band's values
 
 
 class DataConfig(_Section):
@@ -27,8 +31,10 @@ class DataConfig(_Section):
         description="training ground sample distance (metres/px); None: the scenes' median GSD",
     )
     chip_size: int = Field(128, ge=32, le=1024, description="training chip side in pixels at `gsd`")
-    bands: list[int] | None = Field(
-        None, description="1-based raster bands to use; None: the first 3 (or all if fewer)"
+    bands: list[Annotated[int, Field(ge=1)]] | None = Field(
+        None,
+        min_length=1,
+        description="1-based raster bands to use; None: the first 3 (or all if fewer)",
     )
     elevation: Literal["auto", "on", "off"] = Field(
         "auto", description="add the nDSM channel: auto = when point clouds are given"
@@ -37,7 +43,7 @@ class DataConfig(_Section):
         "scene",
         description="colour statistics at inference: per scene (robust to casts) or the model's",
     )
-    percentiles: tuple[float, float] = Field(
+    percentiles: tuple[Percent, Percent] = Field(
         (2.0, 98.0), description="robust per-band range for colour normalisation"
     )
     stats_pixels: int = Field(
@@ -46,6 +52,20 @@ class DataConfig(_Section):
     elevation_scale: float = Field(
         10.0, gt=0, description="nDSM metres that map to 1.0 in the elevation channel"
     )
+
+    @field_validator("percentiles")
+    @classmethod
+    def _low_below_high(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not v[0] < v[1]:
+            raise ValueError(f"must be [low, high] with low < high, e.g. [2, 98]; got {list(v)}")
+        return v
+
+    @field_validator("bands")
+    @classmethod
+    def _distinct(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError(f"lists a band twice: {v}")
+        return v
 
 
 class ModelConfig(_Section):
@@ -70,7 +90,7 @@ class TrainConfig(_Section):
     weight_decay: float = Field(1e-4, ge=0)
     chips_per_epoch: int = Field(768, ge=1, description="random chips drawn per epoch")
     negative_fraction: float = Field(
-        0.5, ge=0, le=1, description="share of chips centred in negative regions"
+        0.5, ge=0, lt=1, description="share of chips centred in negative regions"
     )
     hard_negative_weight: float = Field(
         5.0, ge=1, description="oversampling of confusers inside negatives"
@@ -122,17 +142,24 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         if not p.is_file():
             raise InputError(f"{p}: config file not found")
         try:
-            raw = yaml.safe_load(p.read_text()) or {}
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise InputError(f"{p}: not a UTF-8 text file; save the config as UTF-8") from None
         except yaml.YAMLError as exc:
             raise InputError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(raw, dict):
             raise InputError(f"{p}: a config is a mapping of sections (data, model, train, infer)")
+        for name, section in list(raw.items()):
+            if section is None:  # `train:` with nothing under it: the section's defaults
+                raw[name] = {}
     for key, value in (overrides or {}).items():
         if value is None:
             continue
         node = raw
         *parents, leaf = key.split(".")
         for part in parents:
+            if not isinstance(node.get(part, {}), dict):
+                raise InputError(f"{path}: section '{part}' is not a mapping of keys")
             node = node.setdefault(part, {})
         node[leaf] = value
     try:

@@ -120,22 +120,22 @@ def _active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def all_reduce_mean(value: float | torch.Tensor, device: torch.device | None = None) -> float:
+def all_reduce_mean(value: float | torch.Tensor, device: torch.device) -> float:
     """Mean of a scalar over ranks (losses and metrics for logging and early decisions)."""
     t = torch.as_tensor(value, dtype=torch.float64).detach().reshape(1).clone()
     if not _active():
         return float(t)
-    if device is not None and backend_for(device) == "nccl":
-        t = t.to(device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return float(t) / dist.get_world_size()
+    return float(all_reduce_sum(t, device)) / dist.get_world_size()
 
 
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Element-wise sum over ranks (e.g. counts); in place, returned for chaining."""
-    if _active():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
+def all_reduce_sum(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Element-wise sum over ranks (e.g. counts), reduced on the run's `device` (NCCL takes
+    only CUDA tensors); the result comes back on `t`'s device."""
+    if not _active():
+        return t
+    work = t.to(device)
+    dist.all_reduce(work, op=dist.ReduceOp.SUM)
+    return work.to(t.device)
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

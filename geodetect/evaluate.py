@@ -15,10 +15,8 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import pandas as pd
-import shapely
-from pyproj import Transformer
 
-from geodetect import geometry
+from geodetect import geometry, north
 from geodetect.errors import CRSError, InputError, LabelError
 from geodetect.matching import match, matched_metrics
 
@@ -106,22 +104,6 @@ def comparison_crs(p: Any, t: Any) -> Any:
         raise CRSError(f"no UTM zone for these files' extent ({exc}); reproject them") from None
 
 
-def _true_north(crs: Any, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Grid bearing (clockwise from grid north) of true north at map points (x, y) of `crs`.
-
-    Measured numerically (a step north in lon/lat, projected back), so it holds for any CRS
-    with a geodetic base; 0 for geographic CRSs and for local frames without one.
-    """
-    geo = crs.geodetic_crs
-    if crs.is_geographic or geo is None or len(x) == 0:
-        return np.zeros(len(x))
-    lon, lat = Transformer.from_crs(crs, geo, always_xy=True).transform(x, y)
-    step = np.where(np.asarray(lat) > 89.0, -1e-4, 1e-4)  # next to the pole, step south
-    x2, y2 = Transformer.from_crs(geo, crs, always_xy=True).transform(lon, lat + step)
-    v = np.stack([np.asarray(x2) - x, np.asarray(y2) - y], axis=-1) * np.sign(step)[:, None]
-    return geometry.vector_angle(v, y_down=False)
-
-
 def _reprojected_headings(heads: np.ndarray, src: Any, dst: Any, boxes: np.ndarray) -> np.ndarray:
     """Headings of `src`'s features in `dst`'s CRS, recomputed from the polygons there.
 
@@ -132,10 +114,7 @@ def _reprojected_headings(heads: np.ndarray, src: Any, dst: Any, boxes: np.ndarr
     fin = np.isfinite(heads)
     if not fin.any():
         return heads
-    sc = shapely.get_coordinates(shapely.centroid(src.geometry.to_numpy()))
-    dc = shapely.get_coordinates(shapely.centroid(dst.geometry.to_numpy()))
-    convergence = _true_north(dst.crs, *dc.T) - _true_north(src.crs, *sc.T)
-    moved = heads + convergence
+    moved = heads + north.turn(src, dst)
     turns = np.round(geometry.wrap_heading(moved - boxes[:, 4]) / 90.0)
     return np.where(fin, geometry.wrap_heading(boxes[:, 4] + 90.0 * turns), np.nan)
 
@@ -240,9 +219,11 @@ def evaluate(
     if errors is not None and Path(errors).suffix.lower() != ".gpkg":
         raise InputError(f"{errors}: the errors file holds two layers; give it a .gpkg extension")
     if errors is not None:
-        from geodetect.atomic import check_out_dir
+        from geodetect.atomic import check_not_input, check_out_dir
 
         check_out_dir(errors)
+        sources = [s for s in (pred, truth) if not isinstance(s, gpd.GeoDataFrame)]
+        check_not_input(errors, sources, "--errors")
     pair = _pair(pred, truth)
     per_class: dict[str, dict] = {}
     fp_rows: list[np.ndarray] = []

@@ -25,7 +25,7 @@ from geodetect import tta as tta_passes
 from geodetect.atomic import check_out_dir
 from geodetect.config import Config, InferConfig
 from geodetect.device import autocast, empty_cache, is_oom, pin_memory, resolve_device
-from geodetect.errors import GeodetectError, InputError, ModelError
+from geodetect.errors import CRSError, GeodetectError, InputError, ModelError
 from geodetect.merge import empty_detections, merge_detections  # noqa: F401 - re-exported
 from geodetect.raster import Grid
 
@@ -170,6 +170,11 @@ def plan_tasks(
     for i, image in enumerate(map(str, images)):
         info = _check_scene(image, meta)
         grid = working_grid(info, gsd=float(meta["gsd"]))
+        if tasks and (grid.crs is None) != (tasks[0].grid.crs is None):
+            raise CRSError(
+                f"{image}: {'has no CRS' if grid.crs is None else 'has a CRS'} unlike "
+                f"{tasks[0].image}; scenes with and without a CRS need separate --out files"
+            )
         if clouds:
             _check_cloud(clouds[i], grid, image)
         stats = _scene_stats(image, meta)
@@ -383,9 +388,11 @@ def infer(
     if out.suffix.lower() not in VECTOR_SUFFIXES:
         raise InputError(f"{out}: unknown vector format; use one of {sorted(VECTOR_SUFFIXES)}")
     from geodetect.manifest import parse_shard
-    from geodetect.scaleout import run_inference
+    from geodetect.scaleout import check_outputs, check_scheduler, run_inference
 
     parse_shard(shard)  # a bad --shard fails before any work
+    check_scheduler(scheduler)
+    check_outputs(out, shard, [model, *images, *(pointclouds or [])])
     remote = bool(workers or scheduler)  # the workers resolve `device`; here only the meta
     det = load_detector(model, "cpu" if remote else device)
     settings = resolve_settings(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from pyproj import CRS, Transformer
 from shapely.geometry.base import BaseGeometry
 
 from geodetect import geometry
-from geodetect.atomic import atomic_path, check_out_dir
+from geodetect.atomic import atomic_path, check_out_dir, fsync_dir, fsync_file
 from geodetect.errors import CRSError, InputError, LabelError
 from geodetect.raster import Grid
 
@@ -109,10 +110,14 @@ def validate_labels(gdf: gpd.GeoDataFrame, source: str = "labels") -> gpd.GeoDat
     empty = shapely.is_missing(geoms) | shapely.is_empty(geoms)
     if empty.any():
         raise LabelError(f"{source}: feature {int(np.argmax(empty))} has no geometry")
+    finite = np.array([np.isfinite(shapely.get_coordinates(g)).all() for g in geoms], bool)
+    if not finite.all():
+        i = int(np.argmin(finite))
+        raise LabelError(f"{source}: feature {i} has a NaN or infinite vertex; redraw it")
     if pos.any():
         _check_classes(gdf, pos, source)
         geoms[pos] = _single_polygons(geoms[pos])
-        rect = _rectangle_mask(geoms[pos], gdf.crs)
+        rect = _rectangle_mask(geoms[pos], gdf.crs) & shapely.is_valid(geoms[pos])
         if not rect.all():
             i = int(np.nonzero(pos)[0][np.argmin(rect)])
             raise LabelError(f"{source}: feature {i} is not a 4-corner rectangle")
@@ -122,10 +127,33 @@ def validate_labels(gdf: gpd.GeoDataFrame, source: str = "labels") -> gpd.GeoDat
         i = int(np.argmax(bad))
         kind = geoms[i].geom_type
         raise LabelError(f"{source}: feature {i} is a {kind} negative; expected a Polygon")
+    geoms[~pos] = _repaired(geoms[~pos], np.nonzero(~pos)[0], source)
     gdf = gdf.set_geometry(gpd.GeoSeries(geoms, index=gdf.index, crs=gdf.crs))
     if "heading_deg" in gdf:
         gdf["heading_deg"] = _headings(gdf["heading_deg"], source)
     return gdf
+
+
+def _repaired(geoms: np.ndarray, rows: np.ndarray, source: str) -> np.ndarray:
+    """Negatives that are not valid polygons (a bow-tie, a self-touching ring from QGIS) made
+    valid with shapely's make_valid, said on stderr; GEOS would fail on them later."""
+    bad = ~shapely.is_valid(geoms)
+    if not bad.any():
+        return geoms
+    out = geoms.copy()
+    for j in np.nonzero(bad)[0]:
+        fixed = shapely.make_valid(geoms[j])
+        parts = [p for p in shapely.get_parts(fixed) if p.geom_type in ("Polygon", "MultiPolygon")]
+        area = shapely.union_all(parts) if parts else None
+        if area is None or area.is_empty or area.area <= 0:
+            raise LabelError(f"{source}: feature {int(rows[j])} is an invalid polygon with no area")
+        out[j] = area
+        reason = shapely.is_valid_reason(geoms[j])
+        print(
+            f"warning: {source}: feature {int(rows[j])} ({reason}) repaired with make_valid",
+            file=sys.stderr,
+        )
+    return out
 
 
 def _check_classes(gdf: gpd.GeoDataFrame, pos: np.ndarray, source: str) -> None:
@@ -275,18 +303,40 @@ def _one_line(err: Exception) -> str:
 
 
 def _write_shapefile(gdf: gpd.GeoDataFrame, final: Path) -> None:
-    """A shapefile is several files: write them in a hidden temp folder, then move each."""
+    """A shapefile is several files: write them in a hidden temp folder, fsync, then swap.
+
+    Renames cannot replace several files at once, so the old parts are first moved into the
+    temp folder; if any step of the swap fails they are moved back, so a reader sees either
+    the whole old shapefile or the whole new one (a kill -9 mid-swap can still mix them).
+    """
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{final.stem}.", dir=final.parent))
+    old = tmpdir / "old"
+    old.mkdir()
+    exts = (*_SHP_PARTS, final.suffix)  # the .shp last: it is what readers look for
+    moved: list[str] = []  # old parts taken out of the way
+    placed: list[str] = []  # new parts put in
     try:
         tmp = tmpdir / final.name
         _to_file(gdf, tmp, "ESRI Shapefile", final.stem)
-        for ext in _SHP_PARTS:  # sidecars first, the .shp last: it is what readers look for
-            src, dst = tmp.with_suffix(ext), final.with_suffix(ext)
-            if src.exists():
-                os.replace(src, dst)
-            elif dst.exists():
-                dst.unlink()  # a stale .prj/.cpg from an older file would lie about this one
-        os.replace(tmp, final)
+        for ext in exts:
+            if tmp.with_suffix(ext).exists():
+                fsync_file(tmp.with_suffix(ext))
+        try:
+            for ext in reversed(exts):  # the .shp first out: readers stop seeing the old one
+                if final.with_suffix(ext).exists():
+                    os.replace(final.with_suffix(ext), old / ext)
+                    moved.append(ext)
+            for ext in exts:
+                if tmp.with_suffix(ext).exists():
+                    os.replace(tmp.with_suffix(ext), final.with_suffix(ext))
+                    placed.append(ext)
+        except BaseException:
+            for ext in placed:  # back to the old file, whole
+                final.with_suffix(ext).unlink(missing_ok=True)
+            for ext in moved:
+                os.replace(old / ext, final.with_suffix(ext))
+            raise
+        fsync_dir(final.parent)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
 

@@ -15,6 +15,7 @@ import pandas as pd
 import shapely
 
 from geodetect import geometry
+from geodetect.errors import CRSError
 from geodetect.labels import DETECTION_FIELDS
 
 
@@ -74,14 +75,21 @@ def merge_detections(
     frames: list[gpd.GeoDataFrame], nms_iou: float, crs: Any = None
 ) -> gpd.GeoDataFrame:
     """One detections frame from per-task frames: reprojected to `crs` (default: the first
-    frame's), duplicates from overlapping tasks removed per image and class by rotated NMS."""
+    frame's; angles and headings turned to its grid north), duplicates from overlapping tasks
+    removed per image and class by rotated NMS. CRSError when CRS-less and georeferenced
+    frames are mixed."""
+    from geodetect.north import reproject_detections
+
     frames = [f for f in frames if f is not None]
     if crs is None and frames:
         crs = frames[0].crs
-    parts = [
-        f.to_crs(crs) if (f.crs is not None and crs is not None and f.crs != crs) else f
-        for f in frames
-    ]
+    if frames and any((f.crs is None) != (crs is None) for f in frames):
+        # pixel coordinates would be written as if they were map coordinates
+        raise CRSError(
+            "scenes with and without a CRS cannot go into one detections file; "
+            "run them into separate --out files"
+        )
+    parts = [reproject_detections(f, crs) for f in frames]
     parts = [f for f in parts if len(f)]
     if not parts:
         return empty_detections(crs)

@@ -11,7 +11,7 @@ import contextlib
 import math
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import laspy
@@ -374,13 +374,14 @@ def rasterize_file(
     The raster is float32 with nodata -9999 where there are no points. With `like` it has that
     scene's exact grid (CRS, transform, size); with `resolution` a north-up grid over the cloud.
     """
-    from geodetect.atomic import check_out_dir
+    from geodetect.atomic import check_not_input, check_out_dir
 
     if (like is None) == (resolution is None):
         raise InputError("give exactly one of --like IMAGE or --resolution M")
     if kind not in KINDS:
         raise InputError(f"unknown kind {kind!r}; use one of {', '.join(KINDS)}")
     check_out_dir(out)
+    check_not_input(out, [las, like])
     info = open_cloud(las)
     if like is not None:
         grid = open_raster(like).grid
@@ -391,10 +392,31 @@ def rasterize_file(
                 "assign one (EPSG 0 counts as none)"
             )
     else:
-        grid = cloud_grid(info, float(resolution))
+        # the header's bounds can lie (a wrong scale, a writer that never updated them):
+        # the grid covers the points themselves, as PDAL's writers.gdal does
+        grid = cloud_grid(replace(info, bounds=point_bounds(las)), float(resolution))
     dem = rasterize_cloud(las, grid, kind=kind, progress=progress)
+    if not np.isfinite(dem).any():
+        where = f"the grid of {like}" if like is not None else "its own grid"
+        raise PointCloudError(
+            f"{las}: no point falls on {where}; check that the cloud covers the scene "
+            "and that its CRS and header (scale, offset) are right"
+        )
     dem = np.where(np.isnan(dem), np.float32(NODATA), dem).astype(np.float32)
     return write_raster(out, dem, grid, nodata=NODATA)
+
+
+def point_bounds(path: str | Path, chunk_size: int = CHUNK) -> tuple[float, float, float, float]:
+    """(minx, miny, maxx, maxy) of the points themselves, in one streamed pass."""
+    lo, hi = np.full(2, np.inf), np.full(2, -np.inf)
+    for chunk in _chunks(path, chunk_size):
+        xy = np.stack([np.asarray(chunk.x), np.asarray(chunk.y)])
+        xy = xy[:, np.isfinite(xy).all(axis=0)]
+        if xy.size:
+            lo, hi = np.minimum(lo, xy.min(axis=1)), np.maximum(hi, xy.max(axis=1))
+    if not np.isfinite(lo).all():
+        raise PointCloudError(f"{path}: no point has finite coordinates (corrupt header scale?)")
+    return float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])
 
 
 def read_points(

@@ -12,6 +12,9 @@ Held-out (validation) labels are unknown in every training patch, so nothing lea
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -407,27 +410,39 @@ def write_samples(
     """
     import pandas as pd
 
-    from geodetect.atomic import atomic_path
+    from geodetect.atomic import atomic_path, check_not_input
 
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: is a file; samples go into a folder")
+    inputs = [*map(str, images), str(labels), *(pointclouds or [])]
+    check_not_input(out / "samples.csv", inputs, "--out", folders=[out])
     config = config or Config()
     project = load_project(list(map(str, images)), str(labels), pointclouds, config)
     split_validation(project, 0.0, 0)
     pos, neg = extract_patches(project, training=True)
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "chips").mkdir(exist_ok=True)
-    rows = []
-    chip = project.chip
-    for kind, patches in (("positive", pos), ("negative", neg)):
-        for n, p in enumerate(patches):
-            row = _write_chip(out, kind, n, p, project, chip)
-            rows.append(row)
-    with atomic_path(out / "samples.csv") as tmp:
-        pd.DataFrame(rows).to_csv(tmp, index=False)
+    # chips go to a hidden folder that replaces `chips/` whole: no half-written chip and no
+    # stale chip of an earlier run beside the new index
+    tmp_chips = Path(tempfile.mkdtemp(prefix=".chips.", dir=out))
+    old = out / f".chips.old.{os.getpid()}"
+    try:
+        rows = []
+        for kind, patches in (("positive", pos), ("negative", neg)):
+            for n, p in enumerate(patches):
+                rows.append(_write_chip(tmp_chips, kind, n, p, project, project.chip))
+        if (out / "chips").exists():
+            os.replace(out / "chips", old)
+        os.replace(tmp_chips, out / "chips")
+        with atomic_path(out / "samples.csv") as tmp:
+            pd.DataFrame(rows).to_csv(tmp, index=False)
+    finally:
+        shutil.rmtree(tmp_chips, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
     return out / "samples.csv"
 
 
-def _write_chip(out: Path, kind: str, n: int, p: Patch, project: Project, chip: int) -> dict:
+def _write_chip(folder: Path, kind: str, n: int, p: Patch, project: Project, chip: int) -> dict:
     from PIL import Image
 
     angle = heading = float("nan")
@@ -443,11 +458,12 @@ def _write_chip(out: Path, kind: str, n: int, p: Patch, project: Project, chip: 
     image, _, _, _ = transforms.transform_chip(
         p.image.astype(np.float32), [p.valid], p.boxes, p.headings, params, chip
     )
-    stem = f"chips/{kind}_{n:05d}"
-    np.save(out / f"{stem}.npy", image.astype(np.float32))
+    name = f"{kind}_{n:05d}"
+    stem = f"chips/{name}"
+    np.save(folder / f"{name}.npy", image.astype(np.float32))
     rgb = image[:3] if image.shape[0] >= 3 else np.repeat(image[:1], 3, axis=0)
     png = (np.clip(np.moveaxis(rgb, 0, -1), 0, 1) * 255).astype(np.uint8)
-    Image.fromarray(png).save(out / f"{stem}.png")
+    Image.fromarray(png).save(folder / f"{name}.png")
     return {
         "path": f"{stem}.png",
         "array": f"{stem}.npy",

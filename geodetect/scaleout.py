@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
-import shapely
 
 from geodetect.errors import GeodetectError, InputError
 from geodetect.manifest import (
@@ -81,6 +80,32 @@ def shard_output(out: str | Path, shard: tuple[int, int]) -> Path:
     """`det.gpkg` → `det.shard-2-of-4.gpkg`: the merged file of one shard's tasks."""
     out = Path(out)
     return out.with_name(f"{out.stem}.shard-{shard[0]}-of-{shard[1]}{out.suffix}")
+
+
+def check_outputs(
+    out: str | Path, shard: str | tuple[int, int] | None, inputs: Sequence[Any]
+) -> None:
+    """Before any work: the output, its shard file, manifest and part folder are no input."""
+    from geodetect.atomic import check_not_input
+
+    sel = parse_shard(shard)
+    files = [Path(out), manifest_path(out, sel), *([shard_output(out, sel)] if sel else [])]
+    check_not_input(files, inputs, "--out", folders=[parts_dir(out)])
+
+
+_ADDRESS = re.compile(r"^(?:(tcp|tls|ucx|ws|wss)://)?(\[[0-9a-fA-F:]+\]|[A-Za-z0-9._-]+):(\d+)$")
+
+
+def check_scheduler(address: str | None) -> None:
+    """A Dask scheduler address is `[tcp://]HOST:PORT`; checked before any work is reset."""
+    if address is None:
+        return
+    m = _ADDRESS.match(address.strip())
+    if m is None or not 0 < int(m.group(3)) < 65536:
+        raise InputError(
+            f"--scheduler {address}: not a scheduler address; use tcp://HOST:PORT "
+            "(e.g. tcp://head:8786)"
+        )
 
 
 # ------------------------------------------------------------------------------ running
@@ -441,6 +466,8 @@ def run_inference(
     local = client is None and not workers and not scheduler
     if local:
         _DETECTORS[(model, model_hash, str(device))] = det
+    else:  # a worker elsewhere has another working folder: send absolute paths
+        tasks = [portable_task(t) for t in tasks]
     runner = partial(
         detect_task, model=model, model_hash=model_hash, device=device, settings=settings
     )
@@ -467,6 +494,20 @@ def run_inference(
     return result.out
 
 
+def _absolute(path: str | None) -> str | None:
+    """A local path made absolute; URLs and GDAL virtual paths unchanged."""
+    if path is None or "://" in path or path.startswith("/vsi"):
+        return path
+    return str(Path(path).resolve())
+
+
+def portable_task(task: Any) -> Any:
+    """The task with absolute scene and point-cloud paths, for a worker on another host."""
+    from dataclasses import replace
+
+    return replace(task, image=_absolute(task.image), pointcloud=_absolute(task.pointcloud))
+
+
 def _scene_crs(tasks: Sequence[Any]) -> Any:
     """The first scene's own CRS: what the detections file is written in (the contract)."""
     from geodetect.raster import open_raster
@@ -476,21 +517,14 @@ def _scene_crs(tasks: Sequence[Any]) -> Any:
 
 def _merge_in_scene_crs(frames: list, *, merge: Any, nms_iou: float, crs: Any, out_crs: Any):
     """Merge in the metric working CRS, then move to the scene's CRS when it differs (a
-    geographic scene is processed in its UTM zone). Angles and headings are turned by the
-    meridian convergence so they stay clockwise from north in the output CRS; lengths stay
-    in metres."""
-    from geodetect.evaluate import _true_north
+    geographic scene is processed in its UTM zone); angles and headings are turned by the
+    meridian convergence (`geodetect.north`), lengths stay in metres."""
+    from geodetect.north import reproject_detections
 
     gdf = merge(frames, nms_iou=nms_iou, crs=crs)
-    if out_crs is None or crs is None or gdf.crs is None or gdf.crs == out_crs:
+    if out_crs is None or crs is None or gdf.crs is None:
         return gdf
-    src = shapely.get_coordinates(shapely.centroid(gdf.geometry.to_numpy()))
-    moved = gdf.to_crs(out_crs)
-    dst = shapely.get_coordinates(shapely.centroid(moved.geometry.to_numpy()))
-    turn = _true_north(moved.crs, *dst.T) - _true_north(gdf.crs, *src.T)
-    moved["angle_deg"] = (moved["angle_deg"].to_numpy(float) + turn) % 180.0
-    moved["heading_deg"] = (moved["heading_deg"].to_numpy(float) + turn) % 360.0
-    return moved
+    return reproject_detections(gdf, out_crs)
 
 
 def expand_images(args: Sequence[str], from_list: str | Path | None = None) -> list[str]:

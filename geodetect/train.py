@@ -9,9 +9,11 @@ one and `torchrun` ranks draw different chips.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,8 +24,8 @@ import torch
 from geodetect import ddp, transforms
 from geodetect.atomic import atomic_path
 from geodetect.config import Config, dump_config
-from geodetect.device import autocast, resolve_device, use_amp
-from geodetect.errors import InputError
+from geodetect.device import autocast, empty_cache, is_oom, resolve_device, use_amp
+from geodetect.errors import GeodetectError, InputError
 from geodetect.model import build_model, decode, detection_loss, make_arch, model_blob
 from geodetect.samples import (
     Patch,
@@ -183,6 +185,53 @@ def _load_checkpoint(path: Path) -> dict | None:
         ) from None
 
 
+def run_identity(
+    images: list[str], labels: str, pointclouds: list[str] | None, config: Config, seed: int
+) -> dict:
+    """What makes a checkpoint this run's: config (but the epoch count), seed, and checksums
+    of the labels, scenes and point clouds. Stored in the checkpoint, compared on resume."""
+    from geodetect.manifest import canonical_json, file_sha256, scene_checksum
+
+    cfg = dump_config(config)
+    cfg["train"] = {k: v for k, v in cfg["train"].items() if k not in ("epochs", "workers")}
+    return {
+        "config": hashlib.sha256(canonical_json(cfg).encode()).hexdigest(),
+        "seed": int(seed),
+        "labels": file_sha256(labels) if Path(labels).is_file() else str(labels),
+        "scenes": [scene_checksum(i) for i in images],
+        "pointclouds": [scene_checksum(c) for c in pointclouds or []],
+    }
+
+
+_WHAT = {
+    "config": "another config",
+    "seed": "another --seed",
+    "labels": "other labels (the label file changed)",
+    "scenes": "other scenes (a file changed, or another list)",
+    "pointclouds": "other point clouds",
+}
+
+
+def _check_resume(ckpt: dict, identity: dict, epochs: int, extend: bool, path: Path) -> None:
+    """Refuse a checkpoint of another run, or a schedule it cannot continue."""
+    saved = ckpt.get("identity")
+    if not isinstance(saved, dict):
+        raise InputError(f"{path}: has no run identity (older geodetect); remove it to start over")
+    for key, what in _WHAT.items():
+        if saved.get(key) != identity[key]:
+            raise InputError(
+                f"{path}: was made with {what}; resume only the same run, or use a new --out"
+            )
+    done, planned = int(ckpt["epoch"]), int(saved.get("epochs", epochs))
+    if epochs < done:
+        raise InputError(f"{path}: {done} epochs are done already, more than --epochs {epochs}")
+    if epochs != planned and not extend:
+        raise InputError(
+            f"{path}: the run was planned for {planned} epochs, not {epochs}; add --extend "
+            f"to stretch its schedule to {epochs}, or resume with --epochs {planned}"
+        )
+
+
 def _meta(project: Project, arch: dict, model_stats: dict, history: list, config: Config) -> dict:
     last = history[-1] if history else {}
     return {
@@ -215,6 +264,7 @@ def train(
     resume: bool = False,
     progress: bool = False,
     callback: Callable[[dict], None] | None = None,
+    extend: bool = False,
 ) -> Path:
     """Train a detector; returns the path of `out_dir/model.pt` (also writes metrics.json).
 
@@ -222,17 +272,27 @@ def train(
     "total_steps", "loss"}; an exception raised in it stops training (the last finished
     epoch's checkpoint stays, so `resume=True` continues). Under `torchrun` every rank trains
     on its own chips and rank 0 writes the files.
+
+    `resume` continues only the same run (config, seed, labels, scenes: checked against the
+    checkpoint); `extend=True` also lets it run to more epochs than it was planned for.
     """
+    from geodetect.atomic import check_not_input
+
     config = config or Config()
     out = Path(out_dir)
+    inputs = [*map(str, images), str(labels), *(pointclouds or []), config.model.pretrained]
+    check_not_input([out / "model.pt", out / "metrics.json", out / CHECKPOINT], inputs)
     dev = resolve_device(device)
     with ddp.distributed(dev) as (info, dev):
         return _train(
-            images, labels, pointclouds, config, out, dev, seed, resume, progress, callback, info
-        )
+            images, labels, pointclouds, config, out, dev, seed, resume, progress, callback, info,
+            extend=extend,
+        )  # fmt: skip
 
 
-def _train(images, labels, pointclouds, config, out, dev, seed, resume, progress, callback, info):
+def _train(
+    images, labels, pointclouds, config, out, dev, seed, resume, progress, callback, info, extend
+):
     _seed_everything(seed)
     project = load_project([str(i) for i in images], str(labels), pointclouds, config)
     split_validation(project, config.train.val_fraction, seed)
@@ -257,13 +317,24 @@ def _train(images, labels, pointclouds, config, out, dev, seed, resume, progress
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     history: list[dict] = []
     start = 0
+    identity = run_identity(list(map(str, images)), str(labels), pointclouds, config, seed)
     ckpt = _load_checkpoint(out / CHECKPOINT) if resume else None
     if ckpt is not None:
+        _check_resume(ckpt, identity, tc.epochs, extend, out / CHECKPOINT)
         net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
         data.neg_weights = ckpt["neg_weights"].numpy().astype(np.float64)
         history, start = list(ckpt["history"]), int(ckpt["epoch"])
+        if int(ckpt["identity"].get("epochs", tc.epochs)) == tc.epochs:
+            sched.load_state_dict(ckpt["scheduler"])
+        else:  # --extend: the longer schedule, taken to where this run stands
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "step() before optimizer.step()"
+                for _ in range(start * steps):
+                    sched.step()
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+    identity["epochs"] = tc.epochs
     model = ddp.wrap_model(net, dev)
     model_stats = transforms.mean_stats([s.stats for s in project.scenes])
     total = tc.epochs * steps
@@ -283,13 +354,17 @@ def _train(images, labels, pointclouds, config, out, dev, seed, resume, progress
         losses, neg_loss, neg_count = [], np.zeros(len(neg)), np.zeros(len(neg))
         for step, batch in enumerate(loader):
             batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
-            with autocast(dev, tc.amp):
-                outputs = model(batch["image"])
-            loss, parts, per_chip = detection_loss(outputs, batch)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+            try:
+                loss, per_chip = _step(model, batch, opt, scaler, dev, tc.amp)
+            except Exception as exc:
+                if not is_oom(exc):
+                    raise
+                empty_cache(dev)
+                raise GeodetectError(
+                    f"out of memory on {dev} with train.batch_size {tc.batch_size}; lower "
+                    f"train.batch_size (e.g. {max(1, tc.batch_size // 2)}) or data.chip_size"
+                    + ("; --resume continues from the last finished epoch" if epoch else "")
+                ) from None
             sched.step()
             losses.append(float(loss.detach()))
             ni = batch["neg_index"].cpu().numpy()
@@ -309,12 +384,12 @@ def _train(images, labels, pointclouds, config, out, dev, seed, resume, progress
                         "loss": float(loss.detach()),
                     }
                 )
-        data.neg_weights = _hard_negative_weights(data.neg_weights, neg_loss, neg_count, tc)
+        data.neg_weights = _hard_negative_weights(data.neg_weights, neg_loss, neg_count, tc, dev)
         val = validate(ddp.unwrap(model), vpos + vneg, project, dev) if (vpos or vneg) else {}
         aps = [v for v in val.values() if v is not None]
         record = {
             "epoch": epoch + 1,
-            "loss": ddp.all_reduce_mean(float(np.mean(losses)) if losses else float("nan")),
+            "loss": ddp.all_reduce_mean(float(np.mean(losses)) if losses else float("nan"), dev),
             "val_ap50": val,
             "val_mean_ap50": float(np.mean(aps)) if aps else None,
             "seconds": round(time.perf_counter() - t0, 2),
@@ -329,6 +404,8 @@ def _train(images, labels, pointclouds, config, out, dev, seed, resume, progress
                     "model": ddp.unwrap(model).state_dict(),
                     "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "identity": identity,
                     "neg_weights": torch.as_tensor(data.neg_weights),
                     "history": history,
                     "epoch": epoch + 1,
@@ -357,17 +434,29 @@ def _train(images, labels, pointclouds, config, out, dev, seed, resume, progress
     return path
 
 
+def _step(model, batch, opt, scaler, dev, amp) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+    """One optimiser step (forward, scaled backward, step); (loss, per-chip loss)."""
+    with autocast(dev, amp):
+        outputs = model(batch["image"])
+    loss, _parts, per_chip = detection_loss(outputs, batch)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    return loss, per_chip
+
+
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
 def _hard_negative_weights(
-    old: np.ndarray, loss: np.ndarray, count: np.ndarray, cfg: Any
+    old: np.ndarray, loss: np.ndarray, count: np.ndarray, cfg: Any, device: torch.device
 ) -> np.ndarray:
     """Negatives the network still fires on (high background loss) are drawn up to
     `hard_negative_weight` times as often; unseen ones keep their weight."""
-    t_loss = ddp.all_reduce_sum(torch.as_tensor(loss))
-    t_count = ddp.all_reduce_sum(torch.as_tensor(count))
+    t_loss = ddp.all_reduce_sum(torch.as_tensor(loss), device)
+    t_count = ddp.all_reduce_sum(torch.as_tensor(count), device)
     loss, count = t_loss.numpy(), t_count.numpy()
     if len(old) == 0 or not (count > 0).any():
         return old

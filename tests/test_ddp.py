@@ -50,8 +50,8 @@ def _helpers_worker(rank: int, world: int, port: int, out: str) -> None:
         result = {
             "info": (info.rank, info.world_size, info.is_main),
             "grad": ddp.unwrap(net).weight.grad.clone(),
-            "mean": ddp.all_reduce_mean(float(rank)),
-            "sum": ddp.all_reduce_sum(torch.tensor([1.0, rank])).tolist(),
+            "mean": ddp.all_reduce_mean(float(rank), torch.device("cpu")),
+            "sum": ddp.all_reduce_sum(torch.tensor([1.0, rank]), torch.device("cpu")).tolist(),
             "obj": ddp.broadcast_object({"split": [rank, 7]}),
             "seed": ddp.rank_seed(5),
             "wrapped": type(net).__name__,
@@ -84,7 +84,7 @@ def test_single_process_is_a_no_op(monkeypatch):
         assert not info.enabled and info.is_main and dev == torch.device("cpu")
         net = torch.nn.Linear(2, 1)
         assert ddp.wrap_model(net, dev) is net
-        assert ddp.all_reduce_mean(3.0) == 3.0
+        assert ddp.all_reduce_mean(3.0, torch.device("cpu")) == 3.0
         assert ddp.broadcast_object([1]) == [1]
         assert ddp.rank_seed(5) == 5
 

@@ -42,7 +42,10 @@ def write_labels(path: str, layer_data: list[tuple]) -> list[str]:
     has_front: dict[str, bool] = {}
     for c, h in zip(feats.get("class", []), feats.get("heading_deg", []), strict=False):
         has_front[str(c)] = has_front.get(str(c), False) or bool(np.isfinite(h))
+    from geodetect.atomic import check_not_input
+
     try:
+        check_not_input(path, [frame.scene_path], "save")  # never over the scene itself
         out = write_vector(ll.layers_to_frame(pos, feats, neg, frame, has_front, neg_feats), path)
     except (GeodetectError, OSError, ValueError):
         return []
