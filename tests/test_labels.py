@@ -434,3 +434,55 @@ def test_numeric_class_values_are_names(tmp_path: Path) -> None:
     gdf = _frame(label=["positive"], **{"class": [3]}, geometry=rect)
     scene = L.labels_for_grid(L.read_labels(_write(tmp_path, gdf)), Grid(UTM, _north_up(), 64, 64))
     assert scene.classes == ["3"]
+
+
+# ------------------------------------------------------------------ issue 14: invalid, atomic
+
+
+def test_bowtie_negative_is_repaired_and_said(tmp_path: Path, capsys) -> None:
+    """A self-intersecting negative from QGIS: repaired with make_valid, said on stderr."""
+    bowtie = Polygon([(0, 0), (10, 10), (10, 0), (0, 10)])
+    gdf = _frame(
+        label=["positive", "positive", "negative"],
+        **{"class": ["car", "car", None]},
+        geometry=[box(20, 20, 24, 22), box(30, 30, 34, 32), bowtie],
+    )
+    out = L.read_labels(_write(tmp_path, gdf))
+    fixed = out.geometry.iloc[2]
+    assert fixed.is_valid and fixed.area == pytest.approx(50.0)
+    err = capsys.readouterr().err
+    assert "feature 2" in err and "make_valid" in err and err.startswith("warning: ")
+
+
+def test_nan_vertex_and_bowtie_positive_name_the_feature(tmp_path: Path) -> None:
+    rect = box(20, 20, 24, 22)
+    bowtie = Polygon([(0, 0), (4, 2), (4, 0), (0, 2)])  # a rectangle's corners, crossed
+    nan = Polygon([(0, 0), (np.nan, 1), (1, 1), (0, 1)])
+    for i, bad in ((1, bowtie), (2, nan)):
+        labels = ["positive", "positive", "negative"]
+        geoms = [rect, rect, box(0, 0, 50, 50)]
+        geoms[i] = bad
+        gdf = _frame(label=labels, **{"class": ["car", "car", None]}, geometry=geoms)
+        with pytest.raises(LabelError, match=rf"feature {i} "):
+            L.validate_labels(gdf, "labels.gpkg")
+
+
+def test_shapefile_swap_failing_midway_keeps_the_old_file_whole(tmp_path: Path, monkeypatch):
+    """Renaming the new parts in fails after the first: every old part is back, byte-exact."""
+    target = tmp_path / "det.shp"
+    L.write_vector(_frame(label=["negative"], geometry=[box(0, 0, 1, 1)]), target)
+    old = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real, calls = os.replace, {"n": 0}
+
+    def flaky(src, dst):
+        if Path(dst).parent == tmp_path and Path(src).parent.name != "old":
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise OSError("disk full")
+        return real(src, dst)
+
+    monkeypatch.setattr(L.os, "replace", flaky)
+    second = _frame(label=["negative"] * 2, geometry=[box(0, 0, 2, 2), box(5, 5, 6, 6)])
+    with pytest.raises(OSError, match="disk full"):
+        L.write_vector(second, target)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == old

@@ -145,3 +145,39 @@ def test_samples_cli_errors_are_one_line(painted, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and err[0].startswith("error:")
     assert not (tmp_path / "o" / "samples.csv").exists()
+
+
+def test_samples_rerun_leaves_no_stale_chip_and_no_temp(painted, tmp_path):
+    """A second run with fewer chips: the folder holds exactly the chips its index lists."""
+    out = tmp_path / "s"
+    cfg = load_config(None, {"data.chip_size": 64})
+    write_samples([str(painted[0])], str(painted[1]), None, cfg, out)
+    (out / "chips" / "positive_00099.npy").write_bytes(b"from an older run with more positives")
+    index = pd.read_csv(write_samples([str(painted[0])], str(painted[1]), None, cfg, out))
+    listed = {*index["path"], *index["array"]}
+    assert {f"chips/{p.name}" for p in (out / "chips").iterdir()} == listed
+    assert sorted(p.name for p in out.iterdir()) == ["chips", "samples.csv"]
+
+
+def test_samples_with_a_bowtie_negative_repairs_it(painted, tmp_path, capsys):
+    """A self-intersecting negative (QGIS lets one draw it) must not end in a GEOS traceback."""
+    from geodetect.labels import read_vector, write_vector
+
+    gdf = read_vector(painted[1])
+    neg = np.nonzero((gdf["label"] == "negative").to_numpy())[0][0]
+    x0, y0, x1, y1 = gdf.geometry.iloc[neg].bounds
+    geoms = gdf.geometry.to_numpy().copy()
+    geoms[neg] = shapely.Polygon([(x0, y0), (x1, y1), (x1, y0), (x0, y1)])
+    labels = write_vector(gdf.set_geometry(geoms), tmp_path / "bowtie.gpkg")
+    argv = ["samples", str(painted[0]), "--labels", str(labels), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--config", str(_tiny_config(tmp_path))]) == 0
+    err = capsys.readouterr().err
+    assert f"feature {neg}" in err and "make_valid" in err and "Traceback" not in err
+    table = pd.read_csv(tmp_path / "o" / "samples.csv")
+    assert (table["label"] == "negative").sum() >= 1
+
+
+def _tiny_config(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text("data:\n  chip_size: 64\n")
+    return path
