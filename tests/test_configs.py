@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from geodetect.config import Config, load_config
+from geodetect.errors import InputError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 YAMLS = sorted(CONFIGS.glob("*.yaml"))
@@ -66,3 +67,42 @@ def test_no_bare_on_off(path):
     """YAML 1.1 reads bare on/off as booleans; the elevation choice must be quoted."""
     for i, line in enumerate(path.read_text().splitlines()):
         assert not re.match(r"^\s*elevation:\s*(on|off)\b", line), f"{path.name}:{i + 1}: quote it"
+
+
+# ------------------------------------------------------------------ issue 14: ranges, encodings
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("data:\n  percentiles: [98, 2]\n", "data.percentiles"),
+        ("data:\n  percentiles: [-5, 200]\n", "data.percentiles.0"),
+        ("data:\n  percentiles: [2, 2]\n", "data.percentiles"),
+        ("data:\n  bands: [0, 1]\n", "data.bands.0"),
+        ("data:\n  bands: []\n", "data.bands"),
+        ("train:\n  lr: .inf\n", "train.lr"),
+        ("train:\n  weight_decay: .nan\n", "train.weight_decay"),
+        ("train:\n  negative_fraction: 1.0\n", "train.negative_fraction"),
+        ("train:\n  batch_size: 0\n", "train.batch_size"),
+        ("infer:\n  threshold: 1.5\n", "infer.threshold"),
+    ],
+)
+def test_out_of_range_values_are_refused(tmp_path, text, key):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError, match=rf"config key '{re.escape(key)}'"):
+        load_config(path)
+
+
+def test_empty_section_takes_defaults_and_overrides_apply(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\ntrain:\n")  # sections left empty, as a user trims a file
+    config = load_config(path, {"train.epochs": 3})
+    assert config.train.epochs == 3 and config.data == Config().data
+
+
+def test_config_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes("train:\n  lr: 0.001  # \u00e9t\u00e9\n".encode("latin-1"))
+    with pytest.raises(InputError, match="not a UTF-8 text file"):
+        load_config(path)

@@ -103,3 +103,28 @@ def test_bad_input_exits_2_with_one_error_line_and_no_file(
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err
     assert set(tmp_path.rglob("*")) - before == created  # nothing written, no temp files
     assert not (tmp_path / "out.tif").exists()
+
+
+def test_lying_header_bounds_still_give_the_points_dem(tmp_path: Path, cloud: Path) -> None:
+    """Header bounds 100 km off (a writer that never updated them): the grid follows the
+    points, as PDAL's does, and the DEM is the one of the honest file."""
+    from test_bad_inputs import lying_header
+
+    honest, liar = tmp_path / "honest.tif", tmp_path / "liar.tif"
+    assert main(["rasterize", str(cloud), "--resolution", "2", "--out", str(honest)]) == 0
+    lying = tmp_path / "lying.laz"
+    lying.write_bytes(cloud.read_bytes())
+    lying_header(lying)
+    assert main(["rasterize", str(lying), "--resolution", "2", "--out", str(liar)]) == 0
+    with rasterio.open(honest) as a, rasterio.open(liar) as b:
+        assert a.transform == b.transform and a.shape == b.shape
+        np.testing.assert_array_equal(a.read(1), b.read(1))
+        assert (b.read(1) != NODATA).any()
+
+
+def test_cloud_off_the_scene_is_an_error_not_an_empty_dem(tmp_path: Path, cloud: Path) -> None:
+    far = Grid(UTM33, Affine(0.7, 0, X0 + 5000, 0, -0.7, Y0 + 5000), 20, 20)
+    scene = write_raster(tmp_path / "far.tif", np.ones((3, 20, 20), np.uint8), far)
+    out = tmp_path / "dem.tif"
+    assert main(["rasterize", str(cloud), "--like", str(scene), "--out", str(out)]) == 2
+    assert not out.exists()

@@ -1,0 +1,85 @@
+"""north: angles and headings turned by the meridian convergence when features change CRS,
+and merging refuses to mix pixel-frame and georeferenced scenes (issue 14, case 3)."""
+
+from __future__ import annotations
+
+import math
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import shapely
+from pyproj import Transformer
+
+from geodetect import geometry
+from geodetect.errors import CRSError
+from geodetect.merge import merge_detections, polygon_boxes
+
+UTM32, UTM33 = "EPSG:32632", "EPSG:32633"
+
+
+def _rect(cx: float, cy: float, length: float, width: float, angle: float) -> shapely.Polygon:
+    """Map-frame oriented rectangle, front-left corner first (angle clockwise from north)."""
+    a = math.radians(angle)
+    u = np.array([math.sin(a), math.cos(a)]) * length / 2
+    v = np.array([math.cos(a), -math.sin(a)]) * width / 2
+    c = np.array([cx, cy])
+    return shapely.Polygon([c + u - v, c + u + v, c - u + v, c - u - v])
+
+
+def _detections(crs: str | None, xy: tuple[float, float], image: str) -> gpd.GeoDataFrame:
+    return gpd.GeoDataFrame(
+        {
+            "class": ["car"],
+            "score": [0.9],
+            "angle_deg": [0.0],
+            "heading_deg": [0.0],
+            "length_m": [4.5],
+            "width_m": [1.8],
+            "image": [image],
+        },
+        geometry=[_rect(*xy, 4.5, 1.8, 0.0)],
+        crs=crs,
+    )
+
+
+def test_merge_into_another_utm_zone_turns_angles_and_headings():
+    """A car facing grid north in UTM 33 at 60 N, 12.5 E, merged into a file in UTM 32:
+    its polygon turns by the convergence difference (about 5 degrees), so must its fields."""
+    x, y = Transformer.from_crs("EPSG:4326", UTM33, always_xy=True).transform(12.5, 60.0)
+    other = _detections(UTM32, (500_000.0, 6_650_000.0), "b.tif")
+    merged = merge_detections([other, _detections(UTM33, (x, y), "a.tif")], 0.3)
+    assert str(merged.crs.to_epsg()) == "32632"
+    row = merged[merged["image"] == "a.tif"].iloc[0]
+    polygon_angle = polygon_boxes(merged[merged["image"] == "a.tif"])[0, 4]
+    assert 4.0 < geometry.angle_difference(np.array([polygon_angle]), np.array([0.0]))[0] < 6.5
+    assert (
+        geometry.angle_difference(np.array([row["angle_deg"]]), np.array([polygon_angle]))[0] < 0.05
+    )
+    assert row["heading_deg"] % 180 == pytest.approx(row["angle_deg"], abs=1e-9)
+    assert 350.0 < row["heading_deg"] < 356.0  # still facing (grid) north-ish, turned west
+
+
+def test_true_north_is_zero_on_the_central_meridian_and_signed_off_it():
+    x, y = Transformer.from_crs("EPSG:4326", UTM33, always_xy=True).transform(
+        [15.0, 12.0, 18.0], [60.0, 60.0, 60.0]
+    )
+    from pyproj import CRS
+
+    from geodetect.north import true_north
+
+    t = true_north(CRS(UTM33), np.array(x), np.array(y))
+    assert abs(t[0]) < 1e-6 or abs(t[0] - 360) < 1e-6
+    west = (t[1] + 180) % 360 - 180
+    east = (t[2] + 180) % 360 - 180
+    assert west == pytest.approx(-east, abs=0.01) and abs(west) == pytest.approx(
+        3 * math.sin(math.radians(60)), abs=0.05
+    )
+
+
+def test_merge_refuses_pixel_frame_mixed_with_a_crs():
+    georef = _detections(UTM33, (500_000.0, 5_000_000.0), "a.tif")
+    pixels = _detections(None, (50.0, 50.0), "b.png")
+    for frames in ([georef, pixels], [pixels, georef]):
+        with pytest.raises(CRSError, match="with and without a CRS"):
+            merge_detections(frames, 0.3)
