@@ -293,6 +293,10 @@ def train(
 def _train(
     images, labels, pointclouds, config, out, dev, seed, resume, progress, callback, info, extend
 ):
+    identity = run_identity(list(map(str, images)), str(labels), pointclouds, config, seed)
+    ckpt = _load_checkpoint(out / CHECKPOINT) if resume else None
+    if ckpt is not None:  # before any work: a checkpoint of another run is refused
+        _check_resume(ckpt, identity, config.train.epochs, extend, out / CHECKPOINT)
     _seed_everything(seed)
     project = load_project([str(i) for i in images], str(labels), pointclouds, config)
     split_validation(project, config.train.val_fraction, seed)
@@ -317,10 +321,7 @@ def _train(
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     history: list[dict] = []
     start = 0
-    identity = run_identity(list(map(str, images)), str(labels), pointclouds, config, seed)
-    ckpt = _load_checkpoint(out / CHECKPOINT) if resume else None
     if ckpt is not None:
-        _check_resume(ckpt, identity, tc.epochs, extend, out / CHECKPOINT)
         net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         data.neg_weights = ckpt["neg_weights"].numpy().astype(np.float64)
@@ -332,7 +333,7 @@ def _train(
                 warnings.simplefilter("ignore")  # "step() before optimizer.step()"
                 for _ in range(start * steps):
                     sched.step()
-        if ckpt.get("scaler"):
+        if ckpt.get("scaler") and scaler.is_enabled():  # a CPU run saves an empty one
             scaler.load_state_dict(ckpt["scaler"])
     identity["epochs"] = tc.epochs
     model = ddp.wrap_model(net, dev)

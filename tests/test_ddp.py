@@ -157,3 +157,33 @@ def test_two_rank_gloo_training_gives_a_model_that_detects(sample_small, tmp_pat
     metrics = evaluate(pred=det, truth=sample_small.truth, iou=0.3)
     recall = max(c["recall"] or 0 for c in metrics["classes"].values())
     assert recall > 0.2, metrics  # it detects: some class is found at least in part
+
+
+def test_reductions_move_tensors_to_the_runs_device(monkeypatch):
+    """A fake process group whose all_reduce records the tensor's device: it must be the run's
+    device (here `meta`, standing in for cuda:N), not the CPU tensor the caller holds."""
+    import numpy as np
+
+    from geodetect.config import TrainConfig
+    from geodetect.train import _hard_negative_weights
+
+    class Reached(Exception):
+        pass
+
+    seen = []
+
+    def fake_all_reduce(t, op=None):
+        seen.append(t.device)
+        raise Reached  # a meta tensor cannot come back to the CPU: stop here
+
+    monkeypatch.setattr(ddp, "_active", lambda: True)
+    monkeypatch.setattr(ddp.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(ddp.dist, "all_reduce", fake_all_reduce)
+    run_device = torch.device("meta")
+    with pytest.raises(Reached):
+        ddp.all_reduce_sum(torch.ones(3, dtype=torch.float64), run_device)
+    with pytest.raises(Reached):
+        ddp.all_reduce_mean(1.5, run_device)
+    with pytest.raises(Reached):
+        _hard_negative_weights(np.ones(2), np.ones(2), np.ones(2), TrainConfig(), run_device)
+    assert seen == [run_device] * 3

@@ -284,3 +284,102 @@ def test_point_cloud_only_project_trains_on_a_dsm(sample_small, tmp_path):
     )
     _, meta = load_model(model)
     assert meta["bands"] == [1] and meta["arch"]["in_channels"] == 1
+
+
+# ------------------------------------------------------------------ issue 14: resume, OOM, ddp
+
+
+def _copy_labels(painted, path):
+    path.write_bytes(painted[1].read_bytes())
+    return (painted[0], path)
+
+
+def test_resume_refuses_another_run_and_extends_only_when_asked(painted, tmp_path):
+    from geodetect.errors import InputError
+
+    mine = _copy_labels(painted, tmp_path / "labels.gpkg")
+    out = tmp_path / "run"
+    _run(mine, out)  # 2 epochs; its checkpoint stays
+    with pytest.raises(InputError, match="planned for 2 epochs, not 3; add --extend"):
+        _run(mine, out, resume=True, over={"train.epochs": 3})
+    with pytest.raises(InputError, match="another --seed"):
+        _run(mine, out, resume=True, seed=1)
+    with pytest.raises(InputError, match="another config"):
+        _run(mine, out, resume=True, over={"train.lr": 1e-3})
+    from geodetect.labels import read_vector, write_vector
+
+    fewer = read_vector(mine[1]).iloc[:-1]  # one negative less: same classes, other labels
+    write_vector(fewer, mine[1])
+    with pytest.raises(InputError, match="other labels"):
+        _run(mine, out, resume=True)
+    mine[1].write_bytes(painted[1].read_bytes())
+    _run(mine, out, resume=True, extend=True, over={"train.epochs": 3})
+    history = json.loads((out / "metrics.json").read_text())["epochs"]
+    assert [e["epoch"] for e in history] == [1, 2, 3]
+
+
+def test_checkpoint_saves_and_resume_restores_the_loss_scaler(painted, tmp_path, monkeypatch):
+    """The AMP scaler's state (its scale and growth tracker) survives a resume. CUDA-only in
+    use, so a CPU GradScaler stands in for it here."""
+    loaded: list[dict] = []
+
+    class SpyScaler(torch.amp.GradScaler):
+        def __init__(self, device="cuda", enabled=True, **kw):
+            super().__init__("cpu", enabled=True)
+
+        def load_state_dict(self, state):
+            loaded.append(dict(state))
+            super().load_state_dict(state)
+
+    monkeypatch.setattr(torch.amp, "GradScaler", SpyScaler)
+    out = tmp_path / "run"
+    _run(painted, out, over={"train.epochs": 1})
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["scaler"]["scale"] > 0 and ckpt["identity"]["seed"] == 0
+    ckpt["scaler"]["scale"] = 128.0
+    torch.save(ckpt, out / "checkpoint.pt")
+    _run(painted, out, resume=True, extend=True)
+    assert loaded and loaded[-1]["scale"] == 128.0
+
+
+def test_cuda_oom_in_training_is_one_line_naming_the_batch_size(
+    painted, tmp_path, monkeypatch, capsys
+):
+    import importlib
+
+    train_module = importlib.import_module("geodetect.train")  # geodetect.train: the function
+
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(train_module, "detection_loss", oom)
+    config = tmp_path / "tiny.yaml"
+    config.write_text("data:\n  chip_size: 64\nmodel:\n  width: 8\ntrain:\n  chips_per_epoch: 16\n")
+    argv = ["train", str(painted[0]), "--labels", str(painted[1]), "--config", str(config)]
+    assert main([*argv, "--out", str(tmp_path / "run"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: out of memory")
+    assert "train.batch_size 16" in err[0] and "e.g. 8" in err[0]
+    assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_training_reduces_on_the_runs_device(painted, tmp_path, monkeypatch):
+    """Every cross-rank reduction in the loop is given the run's device (NCCL needs CUDA
+    tensors; gloo tests cannot see a CPU tensor slip through)."""
+    from geodetect import ddp
+
+    seen: list = []
+    real_mean, real_sum = ddp.all_reduce_mean, ddp.all_reduce_sum
+
+    def mean(value, device=None):
+        seen.append(device)
+        return real_mean(value, device)
+
+    def total(t, device=None):
+        seen.append(device)
+        return real_sum(t, device)
+
+    monkeypatch.setattr(ddp, "all_reduce_mean", mean)
+    monkeypatch.setattr(ddp, "all_reduce_sum", total)
+    _run(painted, tmp_path / "run", over={"train.epochs": 1})
+    assert seen and all(d == torch.device("cpu") for d in seen), seen
