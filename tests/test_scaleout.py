@@ -453,3 +453,53 @@ def test_inference_keys_follow_model_scene_and_params(tiny_model, scenes, tmp_pa
     assert not set(it.key for it in scaleout.infer_items(tasks, "0" * 64, settings)) & set(keys)
     os.utime(scene, ns=(0, 10**18))  # the scene changed on disk
     assert not set(it.key for it in scaleout.infer_items(tasks, h, settings)) & set(keys)
+
+
+# ------------------------------------------------------------------ issue 14: addresses, paths
+
+
+@pytest.mark.parametrize("address", ["localhost", "http://head:8786", "tcp://head", "head:0"])
+def test_bad_scheduler_address_fails_before_any_work(address, tmp_path, capsys):
+    """Checked before the manifest is reset: no `det.gpkg.parts/` left behind."""
+    from _painted import grid
+    from test_bad_inputs import write_model
+
+    from geodetect.cli import main
+    from geodetect.raster import write_raster
+
+    out = tmp_path / "det.gpkg"
+    model = write_model(tmp_path / "m.pt")
+    scene = write_raster(tmp_path / "a.tif", np.ones((3, 64, 64), np.uint8), grid(64))
+    before = sorted(tmp_path.iterdir())
+    argv = ["infer", str(model), str(scene), "--scheduler", address, "--device", "cpu"]
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a scheduler address" in err[0]
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def test_remote_workers_get_absolute_paths(tmp_path, monkeypatch):
+    """A worker on another host has another working folder: relative scene paths from the
+    command line must reach it absolute."""
+    from _painted import grid
+    from test_bad_inputs import write_model
+
+    from geodetect.raster import write_raster
+    from geodetect.scaleout import run_inference
+
+    inf = importlib.import_module("geodetect.infer")
+    monkeypatch.chdir(tmp_path)
+    write_raster("scene.tif", np.ones((3, 64, 64), np.uint8), grid(64))
+    det = inf.load_detector(write_model(tmp_path / "m.pt"), "cpu")
+    settings = inf.resolve_settings(det.meta)
+    tasks = inf.plan_tasks(["scene.tif"], None, det.meta, settings)
+    sent = []
+
+    def fake_execute(items, runner, out, merge, **kw):
+        sent.extend(it.payload for it in items)
+        return scaleout.RunResult(Path(out), [], 0, 0)
+
+    monkeypatch.setattr(scaleout, "execute", fake_execute)
+    run_inference(tasks, det, settings, model="m.pt", out="det.gpkg", client=object())
+    assert sent and all(Path(t.image).is_absolute() for t in sent)
+    assert sent[0].image == str(tmp_path / "scene.tif")
