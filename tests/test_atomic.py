@@ -80,3 +80,49 @@ def test_atomic_write_fsyncs_the_file_before_the_rename(tmp_path: Path, monkeypa
         tmp.write_text("data")
     assert events[:2] == ["fsync", "rename"]
     assert (tmp_path / "out.txt").read_text() == "data"
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_raster_writer_interrupted_keeps_the_previous_dem(tmp_path: Path) -> None:
+    """RELIABILITY 4 for rasters: Ctrl-C half-way through a DEM keeps the old one whole."""
+    import numpy as np
+    from affine import Affine
+    from rasterio.windows import Window
+
+    from geodetect.raster import Grid, raster_writer, write_raster
+
+    grid = Grid(None, Affine.identity(), 64, 64)
+    target = write_raster(tmp_path / "dem.tif", np.ones((64, 64), np.float32), grid)
+    before = target.read_bytes()
+    with pytest.raises(KeyboardInterrupt), raster_writer(target, grid, 1, "float32") as dst:
+        dst.write(np.zeros((1, 32, 64), np.float32), window=Window(0, 0, 64, 32))
+        raise KeyboardInterrupt
+    assert target.read_bytes() == before and _leftovers(tmp_path) == []
+    with pytest.raises(KeyboardInterrupt), raster_writer(tmp_path / "new.tif", grid, 1, "f4"):
+        raise KeyboardInterrupt
+    assert not (tmp_path / "new.tif").exists() and _leftovers(tmp_path) == []
+
+
+def test_model_save_interrupted_keeps_the_previous_model(tmp_path: Path, monkeypatch) -> None:
+    """RELIABILITY 4 for model files: torch.save cut short leaves the last model.pt whole."""
+    import importlib
+
+    import torch
+
+    train_module = importlib.import_module("geodetect.train")
+    target = tmp_path / "model.pt"
+    train_module._save({"a": torch.ones(3)}, target)
+    before = target.read_bytes()
+    real = torch.save
+
+    def save_then_die(obj, f, *a, **k):
+        real(obj, f, *a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_module._save({"a": torch.zeros(3)}, target)
+    assert target.read_bytes() == before and _leftovers(tmp_path) == []
