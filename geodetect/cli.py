@@ -90,6 +90,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from geodetect.convert import convert
+
+    summary = convert(args.src, args.dst, args.image, args.src_format, args.dst_format)
+    if summary["dropped_negatives"]:
+        print(
+            f"note: {summary['dropped_negatives']} negative polygon(s) left out: "
+            f"{args.dst} has no place for them",
+            file=sys.stderr,
+        )
+    print("\n".join(summary["out"]))
+    return 0
+
+
 def _cmd_rasterize(args: argparse.Namespace) -> int:
     from geodetect.pointcloud import rasterize_file
 
@@ -175,6 +189,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--errors", metavar="ERRORS.gpkg", help="write false positives/negatives as layers"
     )
     p.set_defaults(func=_cmd_evaluate)
+
+    p = add("convert", "convert labels/detections to and from DOTA, YOLO-OBB, COCO, CVAT XML")
+    p.add_argument(
+        "src", metavar="IN", help="vector file, DOTA .txt, YOLO-OBB .yaml, COCO .json, CVAT .xml"
+    )
+    p.add_argument("dst", metavar="OUT", help="the same kinds, chosen by extension")
+    p.add_argument(
+        "--image", nargs="+", metavar="SCENE", help="scene(s) that map pixels to the CRS"
+    )
+    kinds = ["vector", "dota", "yolo", "coco", "cvat"]
+    p.add_argument(
+        "--from", dest="src_format", choices=kinds, help="IN's format (default: by extension)"
+    )
+    p.add_argument(
+        "--to", dest="dst_format", choices=kinds, help="OUT's format (default: by extension)"
+    )
+    p.set_defaults(func=_cmd_convert)
 
     p = add("rasterize", "turn a LAS/LAZ point cloud into a DSM, DTM or nDSM GeoTIFF")
     p.add_argument("las", metavar="LAS")

@@ -134,7 +134,7 @@ def load_project(
         if _bands(info, config.data.bands) != bands:
             raise InputError(f"{info.path}: has other bands than {infos[0].path}; set data.bands")
     gsd = float(config.data.gsd or np.median([i.gsd for i in infos]))
-    gdf = read_labels(labels)
+    gdf = read_labels(labels, scenes=infos)  # scenes: for pixel-frame formats (DOTA, COCO…)
     per_scene = []
     for info in infos:
         grid = working_grid(info, gsd)
