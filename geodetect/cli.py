@@ -85,7 +85,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from geodetect.evaluate import evaluate
 
-    metrics = evaluate(pred=args.pred, truth=args.truth, iou=args.iou, errors=args.errors)
+    metrics = evaluate(
+        pred=args.pred, truth=args.truth, iou=args.iou, errors=args.errors, region=args.region
+    )
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -187,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iou", type=float, default=0.5)
     p.add_argument(
         "--errors", metavar="ERRORS.gpkg", help="write false positives/negatives as layers"
+    )
+    p.add_argument(
+        "--region", metavar="POLYGONS", help="score only objects centred in these areas (any CRS)"
     )
     p.set_defaults(func=_cmd_evaluate)
 
