@@ -42,10 +42,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_infer(args: argparse.Namespace) -> int:
     from geodetect.infer import infer
     from geodetect.scaleout import expand_images
+    from geodetect.stac import resolve_scenes
 
+    images = []
+    if args.images or args.from_list or not args.stac:
+        images = resolve_scenes(expand_images(args.images, args.from_list), args.asset)
+    if args.stac:
+        images = list(dict.fromkeys([*images, *resolve_scenes(args.stac, args.asset, True)]))
     out = infer(
         model=args.model,
-        images=expand_images(args.images, args.from_list),
+        images=images,
         pointclouds=args.pointcloud,
         out=args.out,
         device=args.device,
@@ -93,9 +99,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from geodetect.convert import convert
+    from geodetect.convert import convert_labels
 
-    summary = convert(args.src, args.dst, args.image, args.src_format, args.dst_format)
+    summary = convert_labels(args.src, args.dst, args.image, args.src_format, args.dst_format)
     if summary["dropped_negatives"]:
         print(
             f"note: {summary['dropped_negatives']} negative polygon(s) left out: "
@@ -167,8 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, metavar="N")
     p.add_argument("--threshold", type=float, metavar="F")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument(
+        "--stac", nargs="+", metavar="ITEM", help="STAC item(s) (JSON file or URL) as scenes"
+    )
+    p.add_argument("--asset", metavar="KEY", help="the items' asset to read (default: visual)")
     # scale-out (docs/scaleout.md)
-    p.add_argument("--from-list", metavar="FILE", help="more scenes, one path per line")
+    p.add_argument("--from-list", metavar="FILE", help="more scenes (or STAC items), one per line")
     p.add_argument("--workers", type=int, metavar="N", help="run tasks on a local Dask cluster")
     p.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="an existing Dask scheduler")
     p.add_argument("--resume", action="store_true", help="redo only unfinished tasks")

@@ -157,7 +157,7 @@ def boxes_to_vector(
 # ------------------------------------------------------------------------------ the command
 
 
-def convert(
+def convert_labels(
     src: str | Path,
     dst: str | Path,
     images: list[str] | None = None,

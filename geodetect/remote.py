@@ -53,6 +53,8 @@ def gdal_path(path: str | Path) -> str:
         return _VSI[scheme] + rest
     if scheme == "file":
         return unquote(urlsplit(s).path)
+    if scheme == "vrt":  # GDAL's own connection string (stac.py assigns a CRS with it)
+        return s
     raise InputError(
         f"{s}: unknown URL scheme {scheme}://; use https://, s3://, gs://, az:// or a GDAL "
         "/vsi… path"

@@ -10,7 +10,7 @@ from affine import Affine
 
 from geodetect import geometry
 from geodetect.cli import main
-from geodetect.convert import convert
+from geodetect.convert import convert_labels
 from geodetect.labels import (
     detections_frame,
     labels_for_grid,
@@ -102,8 +102,8 @@ def test_detection_round_trip_keeps_scores(fmt, scene, tmp_path):
     det = detections_frame(BOXES, scores, CLASSES, HEADS, grid, "scene.tif")
     src = write_vector(det, tmp_path / "det.gpkg")
     mid, back = tmp_path / f"det{EXT[fmt]}", tmp_path / "back.geojson"
-    convert(src, mid, [str(scene_path)])
-    convert(mid, back, [str(scene_path)])
+    convert_labels(src, mid, [str(scene_path)])
+    convert_labels(mid, back, [str(scene_path)])
     out = read_vector(back)
     assert list(out.columns[:-1]) == list(det.columns[:-1])
     np.testing.assert_allclose(out["score"], scores)
@@ -117,7 +117,7 @@ def test_samples_reads_a_cvat_file(scene, tmp_path):
     three = labels_frame(BOXES[:3], CLASSES[:3], HEADS[:3], NEG, grid)  # two of each class
     labels = write_vector(three, tmp_path / "l.gpkg")
     xml = tmp_path / "l.xml"
-    convert(labels, xml, [str(scene_path)])
+    convert_labels(labels, xml, [str(scene_path)])
     out = tmp_path / "chips"
     assert main(["samples", str(scene_path), "--labels", str(xml), "--out", str(out)]) == 0
     rows = (out / "samples.csv").read_text().splitlines()
@@ -130,8 +130,8 @@ def test_pixel_frame_without_scene(tmp_path):
     labels = write_vector(
         labels_frame(BOXES, CLASSES, HEADS, [], grid, "a.png"), tmp_path / "l.gpkg"
     )
-    convert(labels, tmp_path / "l.txt")
-    convert(tmp_path / "l.txt", tmp_path / "b.gpkg")
+    convert_labels(labels, tmp_path / "l.txt")
+    convert_labels(tmp_path / "l.txt", tmp_path / "b.gpkg")
     sl = labels_for_grid(read_labels(tmp_path / "b.gpkg"), grid)
     _same(sl, 0)
 
