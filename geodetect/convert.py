@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from affine import Affine
 
-from geodetect.errors import InputError, LabelError
+from geodetect.errors import GeodetectError, InputError, LabelError
 from geodetect.formats import FORMATS, READERS, WRITERS, ImageBoxes, format_of
 from geodetect.remote import display_name, is_remote
 
@@ -51,7 +51,12 @@ def read_boxes(path: str | Path, fmt: str | None = None) -> list[ImageBoxes]:
         raise InputError(f"{path}: not one of the formats {', '.join(FORMATS)}")
     if not Path(path).exists():
         raise LabelError(f"{path}: no such file")
-    return READERS[fmt](path)
+    try:
+        return READERS[fmt](path)
+    except GeodetectError:
+        raise
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+        raise LabelError(f"{path}: not a valid {fmt} file ({type(exc).__name__}: {exc})") from None
 
 
 # ------------------------------------------------------------------------------ CRS -> pixels
@@ -88,7 +93,10 @@ def vector_to_boxes(gdf: gpd.GeoDataFrame, scenes: list, source: str) -> list[Im
     for name, sub, grid in groups:
         grid = grid or Grid(None, Affine.identity(), 0, 0)
         pos = (sub["label"] == "positive").to_numpy()
-        boxes, _ = polygons_to_boxes(list(sub.geometry[pos]), grid.transform)
+        try:
+            boxes, _ = polygons_to_boxes(list(sub.geometry[pos]), grid.transform)
+        except ValueError as exc:
+            raise LabelError(f"{source}: on {name}'s grid, {exc}") from None
         heads = (
             sub["heading_deg"].to_numpy(float)[pos]
             if "heading_deg" in sub
@@ -174,8 +182,9 @@ def convert_labels(
     from geodetect.labels import read_vector, write_vector
 
     src, dst = Path(src), check_out_dir(dst)
-    if dst.exists() and src.exists() and dst.resolve() == src.resolve():
-        raise InputError(f"{dst}: is the input; write to another file")
+    for given in [src, *(images or [])]:
+        if dst.exists() and Path(given).exists() and dst.resolve() == Path(given).resolve():
+            raise InputError(f"{dst}: is one of the inputs; write to another file")
     fin, fout = src_format or format_of(src), dst_format or format_of(dst)
     for f in (fin, fout):
         if f is not None and f not in FORMATS and f != "vector":

@@ -141,7 +141,7 @@ def test_bad_input_is_one_line(scene, tmp_path, capsys):
     labels = write_vector(labels_frame(BOXES, CLASSES, HEADS, NEG, grid), tmp_path / "l.gpkg")
     cases = [
         (["convert", str(labels), str(tmp_path / "o.yaml")], "give --image SCENE"),
-        (["convert", str(labels), str(labels)], "is the input"),
+        (["convert", str(labels), str(labels)], "is one of the inputs"),
         (["convert", str(tmp_path / "none.txt"), str(tmp_path / "o.gpkg")], "no such file"),
     ]
     for argv, what in cases:
@@ -151,3 +151,20 @@ def test_bad_input_is_one_line(scene, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["l.gpkg", "scene.tif"]
     assert main(["convert", str(labels), str(tmp_path / "o.txt"), "--image", str(scene_path)]) == 0
     assert "1 negative polygon(s) left out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("bad.txt", "1 2 3 4 5 6 7 8 car 0 high\n"),
+        ("bad2.txt", "0 0 10 0 10 3 0 9 car 0\n"),  # not a rectangle
+        ("bad.json", '{"images": [{"id": 1}], "categories": [], "annotations": []}'),
+        ("bad.xml", "<annotations><image name='a.tif'><box label='x'/></image></annotations>"),
+    ],
+)
+def test_broken_foreign_files_are_one_line(name, text, tmp_path, capsys):
+    (tmp_path / name).write_text(text)
+    assert main(["convert", str(tmp_path / name), str(tmp_path / "o.gpkg")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / name}: ") and err.count("\n") == 1, err
+    assert not (tmp_path / "o.gpkg").exists()
