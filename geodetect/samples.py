@@ -119,6 +119,7 @@ def load_project(
     """Open scenes and labels, pick bands/GSD/classes, and check the bad-input cases."""
     from geodetect.labels import labels_for_grid, read_labels
     from geodetect.raster import open_raster, working_grid
+    from geodetect.remote import display_name
 
     if not images:
         raise InputError("give at least one IMAGE")
@@ -138,7 +139,7 @@ def load_project(
     per_scene = []
     for info in infos:
         grid = working_grid(info, gsd)
-        per_scene.append((info, grid, labels_for_grid(gdf, grid, Path(info.path).name)))
+        per_scene.append((info, grid, labels_for_grid(gdf, grid, display_name(info.path))))
     names = sorted({c for _, _, sl in per_scene for c in sl.classes})
     n_neg = sum(len(sl.negatives) for _, _, sl in per_scene)
     if not names and not n_neg:

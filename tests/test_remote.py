@@ -112,7 +112,8 @@ def test_missing_remote_scene_is_one_line(served, tiny_model, tmp_path, capsys):
 
 def test_samples_over_http(served, sample_small, tmp_path):
     _, base = served
-    argv = ["samples", f"{base}/{sample_small.image.name}", "--labels", str(sample_small.labels)]
+    url = f"{base}/{sample_small.image.name}?X-Amz-Signature=abc"  # a presigned URL
+    argv = ["samples", url, "--labels", str(sample_small.labels)]  # labels name scene.tif
     assert main([*argv, "--out", str(tmp_path / "s")]) == 0
     assert (tmp_path / "s" / "samples.csv").read_text().count("\n") > 2
 
