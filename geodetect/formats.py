@@ -236,8 +236,11 @@ def read_coco(path: str | Path) -> list[ImageBoxes]:
                 corners.append(np.reshape(seg[0], (4, 2)))
             elif "rbox" in a:
                 corners.append(geometry.box_corners(np.asarray(a["rbox"], float))[0])
+            elif len(a.get("bbox") or []) == 4:  # plain COCO: an upright box
+                x, y, w, h = (float(v) for v in a["bbox"])
+                corners.append(np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]]))
             else:
-                raise LabelError(f"{p}: annotation {a.get('id')} has no rotated box")
+                raise LabelError(f"{p}: annotation {a.get('id')} has no box")
         boxes, _ = _from_corners(np.reshape(corners, (-1, 4, 2)), str(p))
         heads = np.array(
             [np.nan if a.get("heading_deg") is None else a["heading_deg"] for a in anns]
@@ -319,10 +322,20 @@ def read_cvat(path: str | Path) -> list[ImageBoxes]:
         img.classes, img.headings = classes, np.array(heads, float)
         sc = np.array(scores, float)
         img.scores = sc if len(sc) and np.isfinite(sc).all() else None
+        quads, quad_classes = [], []
         for poly in im.iter("polygon"):
+            pts = [tuple(map(float, s.split(","))) for s in poly.get("points").split(";")]
             if poly.get("label") == "negative":
-                pts = [tuple(map(float, s.split(","))) for s in poly.get("points").split(";")]
                 img.negatives.append(shapely.Polygon(pts))
+            elif len(pts) == 4:  # a rotated box drawn as a 4-point polygon
+                quads.append(pts)
+                quad_classes.append(poly.get("label"))
+        if quads:
+            extra, _ = _from_corners(np.array(quads), str(p))
+            img.boxes = np.concatenate([img.boxes, extra])
+            img.classes += quad_classes
+            img.headings = np.concatenate([img.headings, np.full(len(quads), np.nan)])
+            img.scores = None
         out.append(img)
     return out
 

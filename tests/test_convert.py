@@ -168,3 +168,25 @@ def test_broken_foreign_files_are_one_line(name, text, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"error: {tmp_path / name}: ") and err.count("\n") == 1, err
     assert not (tmp_path / "o.gpkg").exists()
+
+
+def test_other_tools_plain_shapes(tmp_path):
+    """Plain COCO (upright `bbox` only) and CVAT 4-point polygons come in as boxes."""
+    from geodetect.convert import read_boxes
+
+    coco = tmp_path / "plain.json"
+    coco.write_text(
+        '{"images": [{"id": 1, "file_name": "a.png", "width": 50, "height": 40}],'
+        ' "categories": [{"id": 3, "name": "car"}],'
+        ' "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [10, 5, 8, 4]}]}'
+    )
+    (img,) = read_boxes(coco)
+    np.testing.assert_allclose(img.boxes, [[14.0, 7.0, 8.0, 4.0, 90.0]])
+    assert img.classes == ["car"] and np.isnan(img.headings).all()
+    cvat = tmp_path / "poly.xml"
+    cvat.write_text(
+        "<annotations><image name='a.png' width='50' height='40'>"
+        "<polygon label='car' points='10,5;18,5;18,9;10,9'/></image></annotations>"
+    )
+    (img,) = read_boxes(cvat)
+    np.testing.assert_allclose(img.boxes, [[14.0, 7.0, 8.0, 4.0, 90.0]])
