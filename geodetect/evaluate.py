@@ -20,7 +20,15 @@ from pyproj import Transformer
 
 from geodetect import geometry
 from geodetect.errors import CRSError, InputError, LabelError
-from geodetect.matching import IOU_THRESHOLDS, coco_metrics, confusion, match_many, matched_metrics
+from geodetect.matching import (
+    IOU_THRESHOLDS,
+    candidate_ious,
+    coco_metrics,
+    confusion,
+    match_many,
+    matched_metrics,
+    restrict,
+)
 
 Source = str | Path | gpd.GeoDataFrame  # a vector file or a table already in memory
 
@@ -224,16 +232,16 @@ def _pair(pred: Source, truth: Source, region: Source | None = None) -> _Pair:
 
 
 def _per_class(
-    pair: _Pair, iou: float
+    pair: _Pair, iou: float, cands: list
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray, tuple, dict]]:
     """Per class: name, prediction rows, truth rows, the matching (order, matched, sorted
-    scores) and class_metrics' dict: the one place evaluate and the PR curves match."""
+    scores) and class_metrics' dict: the one place evaluate and the PR curves match.
+    `cands`: candidate_ious of all predictions against all truths, whatever their class."""
     for name in sorted(set(pair.pc) | set(pair.tc)):
         pi, ti = np.nonzero(pair.pc == name)[0], np.nonzero(pair.tc == name)[0]
-        pgi = pair.pg[pi] if pair.pg is not None else None
-        tgi = pair.tg[ti] if pair.tg is not None else None
+        sub = restrict(cands, pi, ti, len(pair.tb))
         ious = [iou, *IOU_THRESHOLDS]
-        matching, *coco = match_many(pair.pb[pi], pair.scores[pi], pair.tb[ti], ious, pgi, tgi)
+        matching, *coco = match_many(pair.pb[pi], pair.scores[pi], pair.tb[ti], ious, cands=sub)
         res = matched_metrics(pair.pb[pi], pair.tb[ti], *matching, pair.ph[pi], pair.th[ti])
         res.update(coco_metrics(pair.pb[pi], pair.tb[ti], coco))
         yield name, pi, ti, matching, res
@@ -281,7 +289,8 @@ def evaluate(
     per_class: dict[str, dict] = {}
     fp_rows: list[np.ndarray] = []
     fn_rows: list[np.ndarray] = []
-    for name, pi, ti, (order, matched, sorted_scores), res in _per_class(pair, iou):
+    cands = candidate_ious(pair.pb, pair.tb, pair.pg, pair.tg)
+    for name, pi, ti, (order, matched, sorted_scores), res in _per_class(pair, iou, cands):
         if not curves:
             res.pop("precisions")
             res.pop("recalls")
@@ -300,7 +309,7 @@ def evaluate(
         "n_pred": len(pair.p),
         "n_truth": len(pair.t),
         "classes": per_class,
-        "confusion": _confusion(pair, per_class, iou),
+        "confusion": _confusion(pair, per_class, iou, cands),
     }
     if region is not None:
         result["region"] = str(region) if not isinstance(region, gpd.GeoDataFrame) else "region"
@@ -318,13 +327,18 @@ def _mean(values: Any) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
-def _confusion(pair: _Pair, per_class: dict, iou: float) -> dict:
+def _confusion(pair: _Pair, per_class: dict, iou: float, cands: list) -> dict:
     """The confusion table of the predictions kept at their class's best-F1 threshold."""
     cut = np.array([per_class[c]["threshold"] for c in pair.pc], dtype=float)
-    kept = np.nan_to_num(cut, nan=np.inf) <= pair.scores
-    pg = pair.pg[kept] if pair.pg is not None else None
+    kept = np.nonzero(np.nan_to_num(cut, nan=np.inf) <= pair.scores)[0]
     return confusion(
-        pair.pb[kept], pair.pc[kept], pair.scores[kept], pair.tb, pair.tc, iou, pg, pair.tg
+        pair.pb[kept],
+        pair.pc[kept],
+        pair.scores[kept],
+        pair.tb,
+        pair.tc,
+        iou,
+        cands=[cands[i] for i in kept],
     )
 
 
@@ -338,7 +352,9 @@ def precision_recall_curves(pred: Source, truth: Source, iou: float = 0.5) -> di
     """
     _check_iou(iou)
     out: dict[str, dict] = {}
-    for name, _, _, (_, _, sorted_scores), res in _per_class(_pair(pred, truth), iou):
+    pair = _pair(pred, truth)
+    cands = candidate_ious(pair.pb, pair.tb, pair.pg, pair.tg)
+    for name, _, _, (_, _, sorted_scores), res in _per_class(pair, iou, cands):
         out[name] = {
             "recall": res["recalls"],
             "precision": res["precisions"],

@@ -71,9 +71,39 @@ def match(
     iou: float = 0.5,
     pred_groups: Any = None,
     truth_groups: Any = None,
+    cands: list | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Greedy matching; returns (order, match per ordered prediction (-1 = FP), sorted scores)."""
-    return match_many(pred_boxes, pred_scores, truth_boxes, [iou], pred_groups, truth_groups)[0]
+    return match_many(
+        pred_boxes, pred_scores, truth_boxes, [iou], pred_groups, truth_groups, cands
+    )[0]
+
+
+def candidate_ious(
+    pred_boxes: np.ndarray,
+    truth_boxes: np.ndarray,
+    pred_groups: Any = None,
+    truth_groups: Any = None,
+) -> list:
+    """Per prediction, (truth indices, IoUs) of the truths it touches in its group: the costly
+    part of matching, computed once and handed to `match_many` / `confusion` as `cands`."""
+    pred = np.asarray(pred_boxes, np.float64).reshape(-1, 5)
+    truth = np.asarray(truth_boxes, np.float64).reshape(-1, 5)
+    pg, tg = _group_codes(pred_groups, truth_groups, len(pred), len(truth))
+    return _candidate_ious(pred, truth, pg, tg)
+
+
+def restrict(cands: list, rows: np.ndarray, cols: np.ndarray, n_truth: int) -> list:
+    """`cands` of the predictions `rows` against the truths `cols` only, indexed into `cols`."""
+    local = np.full(n_truth, -1, np.int64)
+    local[cols] = np.arange(len(cols))
+    out = []
+    for i in rows:
+        idx, ious = cands[i]
+        j = local[idx]
+        keep = j >= 0
+        out.append((j[keep], ious[keep]))
+    return out
 
 
 def match_many(
@@ -83,14 +113,17 @@ def match_many(
     ious: Any,
     pred_groups: Any = None,
     truth_groups: Any = None,
+    cands: list | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """`match` at several IoU thresholds; the rotated IoUs (the costly part) are computed once."""
+    """`match` at several IoU thresholds; the rotated IoUs (the costly part) are computed once
+    (or given: `cands` from `candidate_ious`)."""
     pred = np.asarray(pred_boxes, np.float64).reshape(-1, 5)
     truth = np.asarray(truth_boxes, np.float64).reshape(-1, 5)
     scores = np.asarray(pred_scores, np.float64).reshape(-1)
     pg, tg = _group_codes(pred_groups, truth_groups, len(pred), len(truth))
     order = np.argsort(-scores, kind="stable")
-    cands = _candidate_ious(pred, truth, pg, tg)
+    if cands is None:
+        cands = _candidate_ious(pred, truth, pg, tg)
     out = []
     for iou in ious:
         taken = np.zeros(len(truth), bool)
@@ -275,13 +308,14 @@ def confusion(
     iou: float,
     pred_groups: Any = None,
     truth_groups: Any = None,
+    cands: list | None = None,
 ) -> dict[str, dict[str, int]]:
     """Class confusion: {truth class: {predicted class: n}}, matching class-agnostically.
 
     Row "background" counts predictions on no truth (false positives); column "missed" counts
     truths no prediction matched. Give only the predictions kept at their class's threshold.
     """
-    order, matched, _ = match(pred, scores, truth, iou, pred_groups, truth_groups)
+    order, matched, _ = match(pred, scores, truth, iou, pred_groups, truth_groups, cands)
     names = sorted(set(map(str, pred_classes)) | set(map(str, truth_classes)))
     table = {t: dict.fromkeys([*names, "missed"], 0) for t in [*names, "background"]}
     seen = np.zeros(len(truth), bool)
