@@ -42,6 +42,8 @@ _API = {
     "read_labels": "labels",
     "labels_for_grid": "labels",
     "write_vector": "labels",
+    "convert_labels": "convert",
+    "resolve_scenes": "stac",
     "open_raster": "raster",
     "RasterInfo": "raster",
     "Grid": "raster",

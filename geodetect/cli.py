@@ -46,11 +46,17 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     from geodetect.atomic import check_not_input
     from geodetect.infer import infer
     from geodetect.scaleout import expand_images
+    from geodetect.stac import resolve_scenes
 
-    check_not_input(args.out, [args.from_list])
+    check_not_input(args.out, [args.from_list, *(args.stac or [])])
+    images = []
+    if args.images or args.from_list or not args.stac:
+        images = resolve_scenes(expand_images(args.images, args.from_list), args.asset)
+    if args.stac:
+        images = list(dict.fromkeys([*images, *resolve_scenes(args.stac, args.asset, True)]))
     out = infer(
         model=args.model,
-        images=expand_images(args.images, args.from_list),
+        images=images,
         pointclouds=args.pointcloud,
         out=args.out,
         device=args.device,
@@ -90,8 +96,26 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from geodetect.evaluate import evaluate
 
-    metrics = evaluate(pred=args.pred, truth=args.truth, iou=args.iou, errors=args.errors)
+    metrics = evaluate(
+        pred=args.pred, truth=args.truth, iou=args.iou, errors=args.errors, region=args.region
+    )
     print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from geodetect.atomic import check_not_input
+    from geodetect.convert import convert_labels
+
+    check_not_input(args.dst, [args.src, *(args.image or [])])
+    summary = convert_labels(args.src, args.dst, args.image, args.src_format, args.dst_format)
+    if summary["dropped_negatives"]:
+        print(
+            f"note: {summary['dropped_negatives']} negative polygon(s) left out: "
+            f"{args.dst} has no place for them",
+            file=sys.stderr,
+        )
+    print("\n".join(summary["out"]))
     return 0
 
 
@@ -159,8 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, metavar="N")
     p.add_argument("--threshold", type=float, metavar="F")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument(
+        "--stac", nargs="+", metavar="ITEM", help="STAC item(s) (JSON file or URL) as scenes"
+    )
+    p.add_argument("--asset", metavar="KEY", help="the items' asset to read (default: visual)")
     # scale-out (docs/scaleout.md)
-    p.add_argument("--from-list", metavar="FILE", help="more scenes, one path per line")
+    p.add_argument("--from-list", metavar="FILE", help="more scenes (or STAC items), one per line")
     p.add_argument("--workers", type=int, metavar="N", help="run tasks on a local Dask cluster")
     p.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="an existing Dask scheduler")
     p.add_argument("--resume", action="store_true", help="redo only unfinished tasks")
@@ -182,7 +210,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--errors", metavar="ERRORS.gpkg", help="write false positives/negatives as layers"
     )
+    p.add_argument(
+        "--region", metavar="POLYGONS", help="score only objects centred in these areas (any CRS)"
+    )
     p.set_defaults(func=_cmd_evaluate)
+
+    p = add("convert", "convert labels/detections to and from DOTA, YOLO-OBB, COCO, CVAT XML")
+    p.add_argument(
+        "src", metavar="IN", help="vector file, DOTA .txt, YOLO-OBB .yaml, COCO .json, CVAT .xml"
+    )
+    p.add_argument("dst", metavar="OUT", help="the same kinds, chosen by extension")
+    p.add_argument(
+        "--image", nargs="+", metavar="SCENE", help="scene(s) that map pixels to the CRS"
+    )
+    kinds = ["vector", "dota", "yolo", "coco", "cvat"]
+    p.add_argument(
+        "--from", dest="src_format", choices=kinds, help="IN's format (default: by extension)"
+    )
+    p.add_argument(
+        "--to", dest="dst_format", choices=kinds, help="OUT's format (default: by extension)"
+    )
+    p.set_defaults(func=_cmd_convert)
 
     p = add("rasterize", "turn a LAS/LAZ point cloud into a DSM, DTM or nDSM GeoTIFF")
     p.add_argument("las", metavar="LAS")

@@ -18,7 +18,15 @@ import pandas as pd
 
 from geodetect import geometry, north
 from geodetect.errors import CRSError, InputError, LabelError
-from geodetect.matching import match, matched_metrics
+from geodetect.matching import (
+    IOU_THRESHOLDS,
+    candidate_ious,
+    coco_metrics,
+    confusion,
+    match_many,
+    matched_metrics,
+    restrict,
+)
 
 Source = str | Path | gpd.GeoDataFrame  # a vector file or a table already in memory
 
@@ -156,8 +164,32 @@ def _image_names(gdf: Any) -> np.ndarray | None:
     return None if names.isna().any() else names.to_numpy(dtype=str)
 
 
-def _pair(pred: Source, truth: Source) -> _Pair:
+def _inside(gdf: Any, region: Any, name: str) -> Any:
+    """The rows whose centre lies in the region (any CRS; its boundary counts as inside)."""
+    if (gdf.crs is None) != (region.crs is None):
+        raise CRSError(f"{name} and the --region file must both have a CRS or both lack one")
+    centres = gpd.GeoSeries(gdf.geometry.centroid, crs=gdf.crs)
+    if gdf.crs is not None and not gdf.crs.equals(region.crs):
+        centres = centres.to_crs(region.crs)
+    area = shapely.union_all(region.geometry.to_numpy())
+    return gdf[shapely.intersects(area, centres.to_numpy())].reset_index(drop=True)
+
+
+def _region(region: Source) -> Any:
+    """The scoring area: every polygon of a vector file (a label file's positives and
+    negatives are the labelled area of sparse truth)."""
+    gdf, name = _read(region, "region")
+    kinds = shapely.get_type_id(gdf.geometry.to_numpy())
+    if not len(gdf) or not np.isin(kinds, [3, 6]).all():
+        raise LabelError(f"{name}: --region needs polygons (the areas where truth is complete)")
+    return gdf
+
+
+def _pair(pred: Source, truth: Source, region: Source | None = None) -> _Pair:
     p, t, pn, tn = _read_pair(pred, truth)
+    if region is not None:
+        area = _region(region)
+        p, t = _inside(p, area, pn), _inside(t, area, tn)
     crs = comparison_crs(p, t)
     pb, ph = _boxes_in(p, crs, pn)
     tb, th = _boxes_in(t, crs, tn)
@@ -179,16 +211,18 @@ def _pair(pred: Source, truth: Source) -> _Pair:
 
 
 def _per_class(
-    pair: _Pair, iou: float
+    pair: _Pair, iou: float, cands: list
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray, tuple, dict]]:
     """Per class: name, prediction rows, truth rows, the matching (order, matched, sorted
-    scores) and class_metrics' dict: the one place evaluate and the PR curves match."""
+    scores) and class_metrics' dict: the one place evaluate and the PR curves match.
+    `cands`: candidate_ious of all predictions against all truths, whatever their class."""
     for name in sorted(set(pair.pc) | set(pair.tc)):
         pi, ti = np.nonzero(pair.pc == name)[0], np.nonzero(pair.tc == name)[0]
-        pgi = pair.pg[pi] if pair.pg is not None else None
-        tgi = pair.tg[ti] if pair.tg is not None else None
-        matching = match(pair.pb[pi], pair.scores[pi], pair.tb[ti], iou, pgi, tgi)
+        sub = restrict(cands, pi, ti, len(pair.tb))
+        ious = [iou, *IOU_THRESHOLDS]
+        matching, *coco = match_many(pair.pb[pi], pair.scores[pi], pair.tb[ti], ious, cands=sub)
         res = matched_metrics(pair.pb[pi], pair.tb[ti], *matching, pair.ph[pi], pair.th[ti])
+        res.update(coco_metrics(pair.pb[pi], pair.tb[ti], coco))
         yield name, pi, ti, matching, res
 
 
@@ -203,6 +237,7 @@ def evaluate(
     iou: float = 0.5,
     errors: str | Path | None = None,
     curves: bool = False,
+    region: Source | None = None,
 ) -> dict:
     """`geodetect evaluate`: per-class metrics of a detections file against a truth file.
 
@@ -214,6 +249,13 @@ def evaluate(
     the false positives and false negatives at each class's best-F1 threshold are written, in
     the predictions' CRS, as layers "false_positives" and "false_negatives" of a GeoPackage,
     atomically.
+
+    Besides AP at `iou`: "ap_50_95" (the mean AP over IoU 0.50:0.05:0.95, COCO's AP) per class
+    and "map_50_95" over classes; "ap_50_95_by_size" for truths small / medium / large by area
+    (matching.SIZE_BINS, m²); "confusion" {truth class: {predicted class: n}} of the
+    predictions kept at their class's threshold, matched whatever their class ("background"
+    row: on no truth, "missed" column: no prediction). With `region` (polygons, any CRS) only
+    objects whose centre lies inside are scored: sparse truth, complete within those areas.
     """
     _check_iou(iou)
     if errors is not None and Path(errors).suffix.lower() != ".gpkg":
@@ -222,13 +264,14 @@ def evaluate(
         from geodetect.atomic import check_not_input, check_out_dir
 
         check_out_dir(errors)
-        sources = [s for s in (pred, truth) if not isinstance(s, gpd.GeoDataFrame)]
+        sources = [s for s in (pred, truth, region) if isinstance(s, (str, Path))]
         check_not_input(errors, sources, "--errors")
-    pair = _pair(pred, truth)
+    pair = _pair(pred, truth, region)
     per_class: dict[str, dict] = {}
     fp_rows: list[np.ndarray] = []
     fn_rows: list[np.ndarray] = []
-    for name, pi, ti, (order, matched, sorted_scores), res in _per_class(pair, iou):
+    cands = candidate_ious(pair.pb, pair.tb, pair.pg, pair.tg)
+    for name, pi, ti, (order, matched, sorted_scores), res in _per_class(pair, iou, cands):
         if not curves:
             res.pop("precisions")
             res.pop("recalls")
@@ -236,14 +279,21 @@ def evaluate(
         cut = int(np.sum(sorted_scores >= res["threshold"])) if res["threshold"] is not None else 0
         fp_rows.append(pi[order[:cut][matched[:cut] < 0]])
         fn_rows.append(np.setdiff1d(ti, ti[matched[:cut][matched[:cut] >= 0]]))
-    aps = [c["ap"] for c in per_class.values() if c["ap"] is not None]
     result = {
         "iou": float(iou),
-        "mean_ap": float(np.mean(aps)) if aps else None,
+        "mean_ap": _mean(c["ap"] for c in per_class.values()),
+        "map_50_95": _mean(c["ap_50_95"] for c in per_class.values()),
+        "map_50_95_by_size": {
+            size: _mean(c["ap_50_95_by_size"][size] for c in per_class.values())
+            for size in next(iter(per_class.values()), {}).get("ap_50_95_by_size", {})
+        },
         "n_pred": len(pair.p),
         "n_truth": len(pair.t),
         "classes": per_class,
+        "confusion": _confusion(pair, per_class, iou, cands),
     }
+    if region is not None:
+        result["region"] = str(region) if not isinstance(region, gpd.GeoDataFrame) else "region"
     if errors is not None:
         t = pair.t
         if t.crs is not None and t.crs != pair.p.crs:
@@ -251,6 +301,26 @@ def evaluate(
         _write_errors(errors, pair.p, t, fp_rows, fn_rows)
         result["errors"] = str(errors)
     return result
+
+
+def _mean(values: Any) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def _confusion(pair: _Pair, per_class: dict, iou: float, cands: list) -> dict:
+    """The confusion table of the predictions kept at their class's best-F1 threshold."""
+    cut = np.array([per_class[c]["threshold"] for c in pair.pc], dtype=float)
+    kept = np.nonzero(np.nan_to_num(cut, nan=np.inf) <= pair.scores)[0]
+    return confusion(
+        pair.pb[kept],
+        pair.pc[kept],
+        pair.scores[kept],
+        pair.tb,
+        pair.tc,
+        iou,
+        cands=[cands[i] for i in kept],
+    )
 
 
 def precision_recall_curves(pred: Source, truth: Source, iou: float = 0.5) -> dict[str, dict]:
@@ -263,7 +333,9 @@ def precision_recall_curves(pred: Source, truth: Source, iou: float = 0.5) -> di
     """
     _check_iou(iou)
     out: dict[str, dict] = {}
-    for name, _, _, (_, _, sorted_scores), res in _per_class(_pair(pred, truth), iou):
+    pair = _pair(pred, truth)
+    cands = candidate_ious(pair.pb, pair.tb, pair.pg, pair.tg)
+    for name, _, _, (_, _, sorted_scores), res in _per_class(pair, iou, cands):
         out[name] = {
             "recall": res["recalls"],
             "precision": res["precisions"],

@@ -73,14 +73,23 @@ def read_vector(path: str | Path) -> gpd.GeoDataFrame:
     return gdf
 
 
-def read_labels(path: str | Path) -> gpd.GeoDataFrame:
+def read_labels(path: str | Path, scenes: list | None = None) -> gpd.GeoDataFrame:
     """Read and validate a label file (fields, 4-corner positives, classes).
 
     Returns the table with `label` lower-cased, positives as Polygons and `heading_deg` float;
-    `attrs["source"]` holds the file name for later messages.
+    `attrs["source"]` holds the file name for later messages. Other tools' pixel-frame files
+    (DOTA, YOLO-OBB, COCO, CVAT: `formats.py`) are mapped to the CRS of `scenes` (RasterInfos)
+    matched by image name; without scenes they stay in pixel coordinates (no CRS).
     """
     p = Path(path)
-    gdf = read_vector(p)
+    from geodetect.formats import format_of
+
+    if format_of(p) is not None and p.exists():
+        from geodetect.convert import boxes_to_vector, read_boxes
+
+        gdf = boxes_to_vector(read_boxes(p), scenes or [], strict=False)
+    else:
+        gdf = read_vector(p)
     if len(gdf) == 0:
         raise LabelError(f"{p}: no features; draw positives (and negatives) first")
     gdf = validate_labels(gdf, p.name)

@@ -17,6 +17,9 @@ import shapely
 from geodetect import geometry
 
 HEADING_TOLERANCE_DEG = 45.0
+IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))  # COCO's [.5:.95]
+# object size bins in m² (CRS units²) for AP by size: a car is ~8 m², a house 100-300 m²
+SIZE_BINS = {"small": (0.0, 16.0), "medium": (16.0, 256.0), "large": (256.0, float("inf"))}
 
 
 def _aabb(boxes: np.ndarray) -> np.ndarray:
@@ -68,24 +71,72 @@ def match(
     iou: float = 0.5,
     pred_groups: Any = None,
     truth_groups: Any = None,
+    cands: list | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Greedy matching; returns (order, match per ordered prediction (-1 = FP), sorted scores)."""
+    return match_many(
+        pred_boxes, pred_scores, truth_boxes, [iou], pred_groups, truth_groups, cands
+    )[0]
+
+
+def candidate_ious(
+    pred_boxes: np.ndarray,
+    truth_boxes: np.ndarray,
+    pred_groups: Any = None,
+    truth_groups: Any = None,
+) -> list:
+    """Per prediction, (truth indices, IoUs) of the truths it touches in its group: the costly
+    part of matching, computed once and handed to `match_many` / `confusion` as `cands`."""
+    pred = np.asarray(pred_boxes, np.float64).reshape(-1, 5)
+    truth = np.asarray(truth_boxes, np.float64).reshape(-1, 5)
+    pg, tg = _group_codes(pred_groups, truth_groups, len(pred), len(truth))
+    return _candidate_ious(pred, truth, pg, tg)
+
+
+def restrict(cands: list, rows: np.ndarray, cols: np.ndarray, n_truth: int) -> list:
+    """`cands` of the predictions `rows` against the truths `cols` only, indexed into `cols`."""
+    local = np.full(n_truth, -1, np.int64)
+    local[cols] = np.arange(len(cols))
+    out = []
+    for i in rows:
+        idx, ious = cands[i]
+        j = local[idx]
+        keep = j >= 0
+        out.append((j[keep], ious[keep]))
+    return out
+
+
+def match_many(
+    pred_boxes: np.ndarray,
+    pred_scores: np.ndarray,
+    truth_boxes: np.ndarray,
+    ious: Any,
+    pred_groups: Any = None,
+    truth_groups: Any = None,
+    cands: list | None = None,
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """`match` at several IoU thresholds; the rotated IoUs (the costly part) are computed once
+    (or given: `cands` from `candidate_ious`)."""
     pred = np.asarray(pred_boxes, np.float64).reshape(-1, 5)
     truth = np.asarray(truth_boxes, np.float64).reshape(-1, 5)
     scores = np.asarray(pred_scores, np.float64).reshape(-1)
     pg, tg = _group_codes(pred_groups, truth_groups, len(pred), len(truth))
     order = np.argsort(-scores, kind="stable")
-    cands = _candidate_ious(pred, truth, pg, tg)
-    taken = np.zeros(len(truth), bool)
-    matched = np.full(len(pred), -1, np.int64)
-    for k, i in enumerate(order):
-        idx, ious = cands[i]
-        ok = (ious >= iou) & ~taken[idx]
-        if ok.any():
-            j = idx[ok][np.argmax(ious[ok])]
-            taken[j] = True
-            matched[k] = j
-    return order, matched, scores[order]
+    if cands is None:
+        cands = _candidate_ious(pred, truth, pg, tg)
+    out = []
+    for iou in ious:
+        taken = np.zeros(len(truth), bool)
+        matched = np.full(len(pred), -1, np.int64)
+        for k, i in enumerate(order):
+            idx, cand_ious = cands[i]
+            ok = (cand_ious >= iou) & ~taken[idx]
+            if ok.any():
+                j = idx[ok][np.argmax(cand_ious[ok])]
+                taken[j] = True
+                matched[k] = j
+        out.append((order, matched, scores[order]))
+    return out
 
 
 def _ap(recall: np.ndarray, precision: np.ndarray) -> float:
@@ -191,3 +242,88 @@ def matched_metrics(
         "precisions": [float(x) for x in precisions],
         "recalls": [float(x) for x in recalls],
     }
+
+
+def ap_of(
+    matched: np.ndarray,
+    n_truth: int,
+    keep_truth: np.ndarray | None = None,
+    keep_pred: np.ndarray | None = None,
+) -> float | None:
+    """AP of one matching (the ordered predictions' matches, -1 = FP); None without truth.
+
+    `keep_truth` (per truth) scores only some truths, as COCO's area ranges do: predictions
+    matched to the other truths are ignored, and so are unmatched predictions whose
+    `keep_pred` (per ordered prediction) is False.
+    """
+    hit = matched >= 0
+    use = np.ones(len(matched), bool)
+    if keep_truth is not None:
+        own = np.ones(len(matched), bool) if keep_pred is None else keep_pred
+        use = np.where(hit, keep_truth[np.maximum(matched, 0)], own)
+        n_truth = int(keep_truth.sum())
+    if n_truth == 0:
+        return None
+    tp_cum = np.cumsum(hit[use]).astype(np.float64)
+    n_cum = np.arange(1, len(tp_cum) + 1, dtype=np.float64)
+    return _ap(tp_cum / n_truth, tp_cum / n_cum if len(tp_cum) else np.empty(0))
+
+
+def _areas(boxes: np.ndarray) -> np.ndarray:
+    return boxes[:, 2] * boxes[:, 3]
+
+
+def coco_metrics(
+    pred: np.ndarray,
+    truth: np.ndarray,
+    matchings: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    size_bins: dict[str, tuple[float, float]] | None = None,
+) -> dict:
+    """AP@[.5:.95] (the mean over `matchings`, one per IoU in IOU_THRESHOLDS) and the same by
+    truth size (COCO's APs/APm/APl, sizes as box area in CRS units², i.e. m²)."""
+    bins = SIZE_BINS if size_bins is None else size_bins
+    aps = [ap_of(matched, len(truth)) for _, matched, _ in matchings]
+    out: dict = {"ap_50_95": float(np.mean(aps)) if len(truth) else None}
+    t_area, p_area = _areas(truth), _areas(pred)
+    by_size, n_by_size = {}, {}
+    for name, (lo, hi) in bins.items():
+        keep = (t_area >= lo) & (t_area < hi)
+        n_by_size[name] = int(keep.sum())
+        vals = [
+            ap_of(matched, len(truth), keep, (p_area[order] >= lo) & (p_area[order] < hi))
+            for order, matched, _ in matchings
+        ]
+        by_size[name] = float(np.mean(vals)) if keep.any() else None
+    out["ap_50_95_by_size"] = by_size
+    out["n_truth_by_size"] = n_by_size
+    return out
+
+
+def confusion(
+    pred: np.ndarray,
+    pred_classes: np.ndarray,
+    scores: np.ndarray,
+    truth: np.ndarray,
+    truth_classes: np.ndarray,
+    iou: float,
+    pred_groups: Any = None,
+    truth_groups: Any = None,
+    cands: list | None = None,
+) -> dict[str, dict[str, int]]:
+    """Class confusion: {truth class: {predicted class: n}}, matching class-agnostically.
+
+    Row "background" counts predictions on no truth (false positives); column "missed" counts
+    truths no prediction matched. Give only the predictions kept at their class's threshold.
+    """
+    order, matched, _ = match(pred, scores, truth, iou, pred_groups, truth_groups, cands)
+    names = sorted(set(map(str, pred_classes)) | set(map(str, truth_classes)))
+    table = {t: dict.fromkeys([*names, "missed"], 0) for t in [*names, "background"]}
+    seen = np.zeros(len(truth), bool)
+    for k, j in zip(order, matched, strict=True):
+        row = "background" if j < 0 else str(truth_classes[j])
+        table[row][str(pred_classes[k])] += 1
+        if j >= 0:
+            seen[j] = True
+    for j in np.nonzero(~seen)[0]:
+        table[str(truth_classes[j])]["missed"] += 1
+    return table

@@ -21,6 +21,7 @@ from rasterio.crs import CRS
 
 from geodetect.errors import CRSError, GeodetectError, InputError, PointCloudError
 from geodetect.raster import Grid, open_raster, write_raster
+from geodetect.remote import fetch, is_remote
 
 KINDS = ("dsm", "dtm", "ndsm")
 NODATA = -9999.0  # written DEMs: -9999 rather than NaN, which some GIS tools mishandle
@@ -65,8 +66,19 @@ def _cloud_errors(path: str | Path) -> Iterator[None]:
         raise PointCloudError(f"{path}: cannot read point cloud ({msg})") from None
 
 
+def _local(path: str | Path) -> Path:
+    """The file laspy reads: the path itself, or an HTTP(S) cloud fetched once per process
+    (see remote.py); other remote schemes are a clean error."""
+    if is_remote(path):
+        try:
+            return fetch(path, "point cloud")
+        except GeodetectError as exc:
+            raise PointCloudError(str(exc)) from None
+    return Path(path)
+
+
 def _check_file(path: str | Path) -> None:
-    p = Path(path)
+    p = _local(path)
     if not p.exists():
         raise PointCloudError(f"{path}: no such file")
     if p.is_dir():
@@ -85,7 +97,7 @@ def open_cloud(path: str | Path) -> CloudInfo:
     LAS by comparing its size with what the header declares.
     """
     _check_header(path)
-    with _cloud_errors(path), laspy.open(path) as reader:
+    with _cloud_errors(path), laspy.open(_local(path)) as reader:
         header = reader.header
         count = int(header.point_count)
         if count == 0:
@@ -109,8 +121,8 @@ def _check_header(path: str | Path) -> None:
     """Sanity-check the public header block before laspy trusts it: a lying VLR or EVLR count
     would otherwise make it loop over billions of empty records (a hang, not an error)."""
     _check_file(path)
-    size = Path(path).stat().st_size
-    with open(path, "rb") as f:
+    size = _local(path).stat().st_size
+    with open(_local(path), "rb") as f:
         head = f.read(375)
     if head[:4] != b"LASF":
         raise PointCloudError(f"{path}: not a LAS/LAZ file (no LASF signature)")
@@ -137,9 +149,9 @@ def _check_complete(path: str | Path, reader: laspy.LasReader, count: int) -> No
     """Catch a cut file from the header alone: an uncompressed LAS must hold every declared
     record; a LAZ writes its chunk table last, so a cut file points past its own end."""
     header = reader.header
-    size = Path(path).stat().st_size
+    size = _local(path).stat().st_size
     if header.are_points_compressed:
-        with open(path, "rb") as f:
+        with open(_local(path), "rb") as f:
             f.seek(header.offset_to_point_data)
             (table,) = struct.unpack("<q", f.read(8).ljust(8, b"\xff"))
         if table != -1 and not header.offset_to_point_data + 8 <= table <= size - 8:
@@ -195,7 +207,7 @@ def cloud_grid(info: CloudInfo, resolution: float) -> Grid:
 
 def _chunks(path: str | Path, chunk_size: int) -> Iterator[laspy.ScaleAwarePointRecord]:
     """Point chunks; a short read (header count larger than the data) is an error."""
-    with _cloud_errors(path), laspy.open(path) as reader:
+    with _cloud_errors(path), laspy.open(_local(path)) as reader:
         expected, seen = int(reader.header.point_count), 0
         for chunk in reader.chunk_iterator(chunk_size):
             if len(chunk) == 0:

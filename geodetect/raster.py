@@ -33,6 +33,7 @@ from rasterio.windows import Window
 
 from geodetect.atomic import atomic_path
 from geodetect.errors import InputError, RasterError
+from geodetect.remote import gdal_path, is_remote
 
 # A CRS-less scene is warped in a stand-in projected CRS (source and target are the same, so
 # GDAL only applies the affine maps); y is flipped so the stand-in frame is north-up.
@@ -123,6 +124,8 @@ def _reason(exc: BaseException, path: str | Path) -> str:
     msg = specific[-1] if specific else (msgs[0] or type(exc).__name__)
     for p in {str(path), os.path.abspath(path), Path(path).name}:
         msg = msg.replace(f"'{p}'", "file").replace(p, "file")
+    if is_remote(path) and _missing_remote(msgs):
+        return "no such remote object (or no access: check the URL and GDAL's credential variables)"
     if "not recognized as being in a supported file format" in msg:
         return "not a raster GDAL can read (unrecognised format or corrupt header)"
     if isinstance(exc, MemoryError):
@@ -134,7 +137,16 @@ def _reason(exc: BaseException, path: str | Path) -> str:
     return f"cannot read raster ({msg})"
 
 
+def _missing_remote(msgs: list[str]) -> bool:
+    """GDAL's ways of saying that a /vsi object is absent or forbidden."""
+    signs = ("No such file", "does not exist", "HTTP response code: 40", "404", "403")
+    return any(s in m for m in msgs for s in signs)
+
+
 def _check_file(path: str | Path) -> None:
+    if is_remote(path):
+        gdal_path(path)  # an unknown URL scheme fails here; GDAL reports the rest at open
+        return
     p = Path(path)
     if not p.exists():
         raise RasterError(f"{path}: no such file")
@@ -161,7 +173,7 @@ def _probe(ds: rasterio.io.DatasetReader) -> None:
 def open_raster(path: str | Path) -> RasterInfo:
     """Inspect a raster; raises RasterError (`<file>: <what is wrong>`) for anything unreadable."""
     _check_file(path)
-    with _raster_errors(path), rasterio.open(path) as ds:
+    with _raster_errors(path), rasterio.open(gdal_path(path)) as ds:
         if ds.count < 1 or ds.width < 1 or ds.height < 1:
             raise RasterError(f"{path}: has no pixels (a vector or empty dataset?)")
         if max(ds.width, ds.height) > _MAX_SIDE or ds.count > _MAX_BANDS:
@@ -320,7 +332,7 @@ class SceneReader:
         self._ds = self._vrt = None
         _check_file(self.path)
         with _raster_errors(self.path):
-            ds = rasterio.open(self.path)
+            ds = rasterio.open(gdal_path(self.path))
             native = _native_grid(ds)
             if self.bands is None:
                 self.bands = list(range(1, ds.count + 1))
@@ -453,7 +465,7 @@ def sample_pixels(
     """
     _check_file(path)
     rng = np.random.default_rng(seed)
-    with _raster_errors(path), rasterio.open(path) as ds:
+    with _raster_errors(path), rasterio.open(gdal_path(path)) as ds:
         bands = list(bands) if bands else list(range(1, ds.count + 1))
         if ds.width * ds.height <= max_pixels:
             values = _valid_values(ds, bands, None, None)

@@ -122,6 +122,7 @@ def load_project(
     """Open scenes and labels, pick bands/GSD/classes, and check the bad-input cases."""
     from geodetect.labels import labels_for_grid, read_labels
     from geodetect.raster import open_raster, working_grid
+    from geodetect.remote import display_name
 
     if not images:
         raise InputError("give at least one IMAGE")
@@ -137,11 +138,11 @@ def load_project(
         if _bands(info, config.data.bands) != bands:
             raise InputError(f"{info.path}: has other bands than {infos[0].path}; set data.bands")
     gsd = float(config.data.gsd or np.median([i.gsd for i in infos]))
-    gdf = read_labels(labels)
+    gdf = read_labels(labels, scenes=infos)  # scenes: for pixel-frame formats (DOTA, COCO…)
     per_scene = []
     for info in infos:
         grid = working_grid(info, gsd)
-        per_scene.append((info, grid, labels_for_grid(gdf, grid, Path(info.path).name)))
+        per_scene.append((info, grid, labels_for_grid(gdf, grid, display_name(info.path))))
     names = sorted({c for _, _, sl in per_scene for c in sl.classes})
     n_neg = sum(len(sl.negatives) for _, _, sl in per_scene)
     if not names and not n_neg:

@@ -41,6 +41,7 @@ from geodetect.manifest import (
     shard_select,
     task_key,
 )
+from geodetect.remote import is_remote
 
 Runner = Callable[[Any], gpd.GeoDataFrame]
 Merge = Callable[[list[gpd.GeoDataFrame]], gpd.GeoDataFrame]
@@ -538,7 +539,7 @@ def expand_images(args: Sequence[str], from_list: str | Path | None = None) -> l
 
     found: list[str] = []
     for arg in args:
-        if Path(arg).exists() or arg.startswith("/vsi") or not glob.has_magic(arg):
+        if Path(arg).exists() or is_remote(arg) or not glob.has_magic(arg):
             found.append(arg)  # missing plain paths fail later with the raster's own error
             continue
         matches = sorted(glob.glob(arg, recursive=True))

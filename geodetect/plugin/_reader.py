@@ -17,6 +17,7 @@ from rasterio.windows import Window
 
 from geodetect.errors import GeodetectError
 from geodetect.plugin._coords import KEY, image_placement, map_to_world, world_origin
+from geodetect.remote import display_name, is_remote
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img", ".png", ".jpg", ".jpeg")
 CLOUD_SUFFIXES = (".las", ".laz")
@@ -35,8 +36,13 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
     return read_paths
 
 
+def _suffix(path: str) -> str:
+    """The extension, also of a URL with a query (`https://…/a.tif?sig=…`)."""
+    return Path(display_name(path)).suffix.lower()
+
+
 def _readable(path: str) -> bool:
-    suffix = Path(path).suffix.lower()
+    suffix = _suffix(path)
     try:
         if suffix in RASTER_SUFFIXES:
             from geodetect.raster import open_raster
@@ -58,7 +64,7 @@ def read_paths(path: str | list[str]) -> list[LayerData]:
     paths = [path] if isinstance(path, str) else list(path)
     layers: list[LayerData] = []
     for p in paths:
-        if Path(p).suffix.lower() in CLOUD_SUFFIXES:
+        if _suffix(p) in CLOUD_SUFFIXES:
             layers.extend(cloud_layers(p))
         else:
             layers.append(scene_layer(p))
@@ -158,7 +164,7 @@ def scene_layer(path: str, name: str | None = None, kind: str = "scene") -> Laye
         data = [WindowArray(path, g, bands, float_band) for g in _levels(info)]
         multiscale = True
     kwargs = {
-        "name": name or Path(path).stem,
+        "name": name or Path(display_name(path)).stem,
         "rgb": rgb,
         "multiscale": multiscale,
         "contrast_limits": (lo, hi),
@@ -182,7 +188,7 @@ def _contrast(values: np.ndarray) -> tuple[float, float]:
 def _scene_meta(path: str, grid, kind: str) -> dict:
     return {
         "kind": kind,
-        "path": str(Path(path).resolve()),
+        "path": str(path) if is_remote(path) else str(Path(path).resolve()),
         "crs": grid.crs.to_wkt() if grid.crs is not None else None,
         "crs_name": grid.crs.to_string() if grid.crs is not None else None,
         "transform": tuple(grid.transform)[:6],
@@ -223,7 +229,7 @@ def cloud_layers(path: str) -> list[LayerData]:
 
     info, grid = cloud_grid_for(path)
     georef = info.crs is not None
-    stem = Path(path).stem
+    stem = Path(display_name(path)).stem
     layers: list[LayerData] = []
     for kind in ("dsm", "ndsm"):
         dem = rasterize_cloud(path, grid, kind=kind)

@@ -1,0 +1,230 @@
+"""`geodetect convert`: label/detection files <-> DOTA, YOLO-OBB, COCO (rotated), CVAT XML.
+
+Those formats are in pixels; our files are in a CRS. The scene(s) given with `images`
+(`--image SCENE`) map one to the other: each object goes to the scene its `image` field names
+(else the scene it lies on), each foreign image to the scene of the same file name (or stem:
+DOTA names a txt after its image). Without a scene, a CRS-less file is taken as pixel
+coordinates (the contract's frame for non-georeferenced scenes) and a foreign file becomes one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path, PurePath
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+from affine import Affine
+
+from geodetect.errors import GeodetectError, InputError, LabelError
+from geodetect.formats import FORMATS, READERS, WRITERS, ImageBoxes, format_of
+from geodetect.remote import display_name, is_remote
+
+
+def _scenes(images: list[str] | None) -> list:
+    from geodetect.raster import open_raster
+
+    return [open_raster(p) for p in images or []]
+
+
+def _name(value: object) -> str:
+    return PurePath(str(value).replace("\\", "/")).name if isinstance(value, str) else ""
+
+
+def _match(name: str, scenes: list, alone: bool) -> object | None:
+    """The scene called `name` (file name, or stem: DOTA names a txt after its image); the only
+    scene when there is one image and one scene (`alone`)."""
+    for s in scenes:
+        scene = display_name(s.path)
+        if name in (scene, PurePath(scene).stem):
+            return s
+    return scenes[0] if alone and len(scenes) == 1 else None
+
+
+def read_boxes(path: str | Path, fmt: str | None = None) -> list[ImageBoxes]:
+    """A foreign file (format from `fmt` or the extension) as per-image pixel boxes."""
+    fmt = fmt or format_of(path)
+    if fmt not in READERS:
+        raise InputError(f"{path}: not one of the formats {', '.join(FORMATS)}")
+    if not Path(path).exists():
+        raise LabelError(f"{path}: no such file")
+    try:
+        return READERS[fmt](path)
+    except GeodetectError:
+        raise
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+        raise LabelError(f"{path}: not a valid {fmt} file ({type(exc).__name__}: {exc})") from None
+
+
+# ------------------------------------------------------------------------------ CRS -> pixels
+
+
+def vector_to_boxes(gdf: gpd.GeoDataFrame, scenes: list, source: str) -> list[ImageBoxes]:
+    """A label or detection table as per-scene pixel boxes (detections keep their scores)."""
+    from geodetect.labels import _affine, heading_to_pixel, polygons_to_boxes, validate_labels
+    from geodetect.raster import Grid
+
+    detections = "label" not in gdf and "score" in gdf
+    if detections:
+        gdf = gdf.assign(label="positive")
+    gdf = validate_labels(gdf, source)
+    if not scenes:
+        if gdf.crs is not None:
+            raise InputError(f"{source} is in a CRS; give --image SCENE to map it to pixels")
+        names = gdf["image"].map(_name) if "image" in gdf else pd.Series([""] * len(gdf))
+        groups = [(n or "image", gdf[names.to_numpy() == n], None) for n in dict.fromkeys(names)]
+    else:
+        groups = []
+        taken = np.zeros(len(gdf), bool)
+        for s in scenes:
+            sub = gdf if gdf.crs is None or s.grid.crs is None else gdf.to_crs(s.grid.crs)
+            named = sub["image"].map(_name) if "image" in sub else pd.Series([""] * len(sub))
+            scene_name = display_name(s.path)
+            on = named.to_numpy() == scene_name
+            left, bottom, right, top = s.grid.bounds
+            free = (named.to_numpy() == "") & ~taken
+            on |= free & sub.geometry.intersects(_box(left, bottom, right, top)).to_numpy()
+            taken |= on
+            groups.append((scene_name, sub[on], s.grid))
+    out = []
+    for name, sub, grid in groups:
+        grid = grid or Grid(None, Affine.identity(), 0, 0)
+        pos = (sub["label"] == "positive").to_numpy()
+        try:
+            boxes, _ = polygons_to_boxes(list(sub.geometry[pos]), grid.transform)
+        except ValueError as exc:
+            raise LabelError(f"{source}: on {name}'s grid, {exc}") from None
+        heads = (
+            sub["heading_deg"].to_numpy(float)[pos]
+            if "heading_deg" in sub
+            else np.full(len(boxes), np.nan)
+        )
+        img = ImageBoxes(name, grid.width or None, grid.height or None, boxes)
+        img.classes = [str(c) for c in sub["class"].to_numpy()[pos]]
+        img.headings = heading_to_pixel(heads, grid.transform, georeferenced=grid.crs is not None)
+        if detections:
+            img.scores = sub["score"].to_numpy(float)[pos]
+        for g in _affine(sub.geometry.to_numpy()[~pos], ~grid.transform):
+            parts = list(getattr(g, "geoms", [g]))
+            img.negatives += [p for p in parts if not p.interiors]  # a hole has no place
+        out.append(img)
+    return out
+
+
+def _box(left: float, bottom: float, right: float, top: float):
+    import shapely
+
+    return shapely.box(left, bottom, right, top)
+
+
+# ------------------------------------------------------------------------------ pixels -> CRS
+
+
+def boxes_to_vector(
+    images: list[ImageBoxes], scenes: list, strict: bool = True
+) -> gpd.GeoDataFrame:
+    """Per-image pixel boxes as one label table (or detections table, when every object has a
+    score), in the first matched scene's CRS; pixel coordinates when no scene is given.
+    An image that matches none of `scenes` is an error when `strict`, else left out (training
+    on some of a dataset's images)."""
+    from geodetect.labels import detections_frame, labels_frame
+    from geodetect.raster import Grid, open_raster
+
+    frames, crs = [], None
+    found = [im for im in images if len(im.boxes)]
+    detections = bool(found) and all(im.scores is not None for im in found)
+    for img in images:
+        scene = _match(img.name, scenes, alone=len(images) == 1)
+        if scene is None and scenes and not strict:
+            continue
+        if scene is None and img.path and Path(img.path).exists():
+            scene = open_raster(img.path)
+        if scene is None and scenes:
+            raise InputError(f"image {img.name!r} is none of the --image scenes")
+        grid = scene.grid if scene is not None else Grid(None, Affine.identity(), 1, 1)
+        name = display_name(scene.path) if scene is not None else img.name
+        if detections:
+            scores = img.scores if img.scores is not None else np.zeros(0)
+            f = detections_frame(img.boxes, scores, img.classes, img.headings, grid, name)
+        else:
+            f = labels_frame(img.boxes, img.classes, img.headings, img.negatives, grid, name)
+        if frames and (crs is None) != (f.crs is None):
+            raise InputError("some images have a CRS and some have none; give every --image")
+        if frames and crs is not None and not f.crs.equals(crs):
+            f = f.to_crs(crs)  # angles as drawn: the convergence between zones is ignored
+        crs = f.crs if not frames else crs
+        frames.append(f)
+    if not frames:
+        raise LabelError("no image of the file is one of the scenes (matched by file name)")
+    return gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=crs)
+
+
+# ------------------------------------------------------------------------------ the command
+
+
+def convert_labels(
+    src: str | Path,
+    dst: str | Path,
+    images: list[str] | None = None,
+    src_format: str | None = None,
+    dst_format: str | None = None,
+) -> dict:
+    """Convert between a label/detection vector file and DOTA / YOLO-OBB / COCO / CVAT.
+
+    Formats come from the extensions (`.txt` DOTA, `.yaml` YOLO-OBB data file, `.json` COCO,
+    `.xml` CVAT, else a vector file) unless given. Returns {"out": [paths], "images",
+    "objects", "dropped_negatives"}.
+    """
+    from geodetect.atomic import check_out_dir
+    from geodetect.labels import read_vector, write_vector
+
+    src, dst = Path(src), check_out_dir(dst)
+    for given in [src, *(images or [])]:
+        if dst.exists() and Path(given).exists() and dst.resolve() == Path(given).resolve():
+            raise InputError(f"{dst}: is one of the inputs; write to another file")
+    fin, fout = src_format or format_of(src), dst_format or format_of(dst)
+    for f in (fin, fout):
+        if f is not None and f not in FORMATS and f != "vector":
+            raise InputError(f"unknown format {f!r}; use one of {', '.join(FORMATS)} or vector")
+    scenes = _scenes(images)
+    if fin in (None, "vector"):
+        boxes = vector_to_boxes(read_vector(src), scenes, src.name)
+    else:
+        boxes = read_boxes(src, fin)
+    summary = {
+        "images": len(boxes),
+        "objects": int(sum(len(b.boxes) for b in boxes)),
+        "dropped_negatives": 0,
+    }
+    if fout in (None, "vector"):
+        summary["out"] = [str(write_vector(boxes_to_vector(boxes, scenes), dst))]
+        return summary
+    if fout == "yolo" and any(b.width is None for b in boxes):
+        raise InputError("YOLO-OBB coordinates are relative to the image size: give --image SCENE")
+    for b in boxes:  # YOLO's image list: absolute paths, so it can live anywhere
+        s = next((s for s in scenes if _name(s.path) == b.name), None)
+        if b.path is None and s is not None:
+            b.path = s.path if is_remote(s.path) else str(Path(s.path).resolve())
+    if fout in ("dota", "yolo"):
+        summary["dropped_negatives"] = int(sum(len(b.negatives) for b in boxes))
+    summary["out"] = [str(p) for p in _write_atomically(boxes, dst, fout)]
+    return summary
+
+
+def _write_atomically(boxes: list[ImageBoxes], dst: Path, fmt: str) -> list[Path]:
+    """Write into a temp folder beside `dst`, then move every file into place."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        written = WRITERS[fmt](boxes, tmp / dst.name)
+        final = []
+        for f in written:
+            target = dst.parent / f.relative_to(tmp)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(f, target)
+            final.append(target)
+        return final
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
