@@ -15,6 +15,7 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import shapely
 
 from geodetect import geometry, north
 from geodetect.errors import CRSError, InputError, LabelError
