@@ -107,7 +107,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from geodetect.atomic import check_not_input
     from geodetect.convert import convert_labels
 
-    check_not_input(args.dst, [args.src, *(args.image or [])])
+    check_not_input(args.dst, [args.src, *(args.image or [])], "OUT")
     summary = convert_labels(args.src, args.dst, args.image, args.src_format, args.dst_format)
     if summary["dropped_negatives"]:
         print(

@@ -141,7 +141,7 @@ def test_bad_input_is_one_line(scene, tmp_path, capsys):
     labels = write_vector(labels_frame(BOXES, CLASSES, HEADS, NEG, grid), tmp_path / "l.gpkg")
     cases = [
         (["convert", str(labels), str(tmp_path / "o.yaml")], "give --image SCENE"),
-        (["convert", str(labels), str(labels)], "is one of the inputs"),
+        (["convert", str(labels), str(labels)], "would overwrite the input"),
         (["convert", str(tmp_path / "none.txt"), str(tmp_path / "o.gpkg")], "no such file"),
     ]
     for argv, what in cases:
