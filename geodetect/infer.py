@@ -33,6 +33,7 @@ VECTOR_SUFFIXES = {".gpkg", ".geojson", ".json", ".shp", ".fgb"}
 TASK_ROWS_PX = 4096  # height of a task's block of tile rows
 TASK_MAX_PX = 64_000_000  # and its area: bounds the per-task nDSM (float32) to ~256 MB
 SEAM_SLACK_PX = 2.0  # cores of adjacent tiles overlap by this much; NMS removes the duplicates
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -71,18 +72,39 @@ class Detector:
     device: torch.device
     batch_size: int  # current batch size; halves on out-of-memory
     has_front: list[bool] = field(default_factory=list)
+    channels_last: bool = False  # feed NHWC memory (what the CPU convs prefer)
+    precision: str = "fp32"  # or "bf16": CPU bfloat16 autocast
 
 
-def load_detector(model: str | Path, device: str | torch.device | None = "auto") -> Detector:
-    """Load a model file on a device (DeviceError / ModelError for bad input)."""
-    from geodetect.model import load_model
+def load_detector(
+    model: str | Path, device: str | torch.device | None = "auto", precision: str = "fp32"
+) -> Detector:
+    """Load a model file (.pt, or an exported .onnx run by ONNX Runtime) on a device.
 
+    A torch network is prepared once for inference (BatchNorm folded into the convs,
+    channels_last on CPU); `precision="bf16"` runs it under CPU bfloat16 autocast.
+    DeviceError / ModelError for bad input.
+    """
     dev = resolve_device(device)
     if not Path(model).is_file():
         raise ModelError(f"{model}: model file not found")
+    if precision not in PRECISIONS:
+        raise InputError(f"--precision {precision}: use one of {', '.join(PRECISIONS)}")
+    if Path(model).suffix.lower() == ".onnx":
+        from geodetect.onnxrun import load_onnx
+
+        if precision != "fp32":
+            raise InputError("--precision applies to .pt models; an .onnx runs as exported")
+        net, meta = load_onnx(model, dev)
+        return Detector(net, meta, torch.device("cpu"), 1, list(meta.get("has_front", [])))
+    from geodetect.model import load_model, prepare_for_inference
+
+    if precision == "bf16" and dev.type != "cpu":
+        raise InputError("--precision bf16 is the CPU path; on CUDA float16 autocast is used")
     net, meta = load_model(model, device=dev)
-    net.eval()
-    return Detector(net, meta, dev, batch_size=1, has_front=list(meta.get("has_front", [])))
+    net = prepare_for_inference(net, dev)
+    has_front = list(meta.get("has_front", []))
+    return Detector(net, meta, dev, 1, has_front, dev.type == "cpu", precision)
 
 
 def resolve_settings(meta: dict, **overrides: Any) -> Settings:
@@ -254,8 +276,11 @@ def _forward(det: Detector, batch: torch.Tensor, settings: Settings) -> list[dic
     per_image: list[list[dict]] = [[] for _ in range(batch.shape[0])]
     size = (batch.shape[2], batch.shape[3])
     for p, (k, flip) in enumerate(passes):
-        with autocast(det.device):
-            out = det.net(tta_passes.augment(batch, k, flip))
+        x = tta_passes.augment(batch, k, flip)
+        if det.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _precision(det):
+            out = det.net(x)
         out = {name: t.float() for name, t in out.items()}
         for i, d in enumerate(decode(out, thr, det.has_front, settings.max_det)):
             boxes, heads = tta_passes.unaugment(
@@ -272,6 +297,13 @@ def _forward(det: Detector, batch: torch.Tensor, settings: Settings) -> list[dic
         tta_passes.fuse(dets, len(passes), settings.nms_iou, settings.threshold)
         for dets in per_image
     ]
+
+
+def _precision(det: Detector) -> Any:
+    """CPU bfloat16 autocast when asked, else the device's own (float16 on CUDA)."""
+    if det.precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return autocast(det.device)
 
 
 def _run_batch(det: Detector, inputs: np.ndarray, settings: Settings) -> list[dict]:
@@ -370,6 +402,7 @@ def infer(
     scheduler: str | None = None,
     resume: bool = False,
     shard: str | None = None,
+    precision: str = "fp32",
 ) -> Path:
     """`geodetect infer`: detect objects over whole scenes into one detections file.
 
@@ -377,7 +410,8 @@ def infer(
     the first scene's CRS); every input is checked before any work, and the file appears only
     when complete. Tasks run through `geodetect.scaleout` (part files + resume manifest):
     `workers` / `scheduler` pick a Dask engine, `resume` reuses finished tasks, `shard="i/N"`
-    runs one shard (see docs/scaleout.md).
+    runs one shard (see docs/scaleout.md). `model` may be an exported `.onnx` (ONNX
+    Runtime); `precision="bf16"` runs a .pt under CPU bfloat16 autocast.
     """
     out = check_out_dir(out)
     if out.suffix.lower() not in VECTOR_SUFFIXES:
@@ -387,7 +421,7 @@ def infer(
 
     parse_shard(shard)  # a bad --shard fails before any work
     remote = bool(workers or scheduler)  # the workers resolve `device`; here only the meta
-    det = load_detector(model, "cpu" if remote else device)
+    det = load_detector(model, "cpu" if remote else device, precision)
     settings = resolve_settings(
         det.meta, tile=tile, overlap=overlap, batch_size=batch_size, threshold=threshold, tta=tta
     )
