@@ -9,6 +9,7 @@ batch at a time (the next batch is read in a background thread while the network
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,14 +18,13 @@ from typing import Any
 
 import geopandas as gpd
 import numpy as np
-import torch
 from rasterio.windows import Window
 
 from geodetect import geometry
 from geodetect import tta as tta_passes
 from geodetect.atomic import check_out_dir
 from geodetect.config import Config, InferConfig
-from geodetect.device import autocast, empty_cache, is_oom, pin_memory, resolve_device
+from geodetect.decoding import decode_arrays
 from geodetect.errors import GeodetectError, InputError, ModelError
 from geodetect.merge import empty_detections, merge_detections  # noqa: F401 - re-exported
 from geodetect.raster import Grid
@@ -65,19 +65,21 @@ class Task:
 
 @dataclass
 class Detector:
-    """A loaded model and what it needs to run."""
+    """A loaded model and what it needs to run.
 
-    net: torch.nn.Module
+    `net` maps an NCHW float32 array to the head outputs as arrays: `torchrun.TorchNet` for a
+    model.pt, `onnxrun.OnnxNet` for an exported .onnx (which never imports torch).
+    """
+
+    net: Callable[[np.ndarray], dict[str, np.ndarray]]
     meta: dict
-    device: torch.device
+    device: Any  # torch.device for a .pt; "cpu"/"cuda" for an .onnx
     batch_size: int  # current batch size; halves on out-of-memory
     has_front: list[bool] = field(default_factory=list)
-    channels_last: bool = False  # feed NHWC memory (what the CPU convs prefer)
-    precision: str = "fp32"  # or "bf16": CPU bfloat16 autocast
 
 
 def load_detector(
-    model: str | Path, device: str | torch.device | None = "auto", precision: str = "fp32"
+    model: str | Path, device: str | Any | None = "auto", precision: str = "fp32"
 ) -> Detector:
     """Load a model file (.pt, or an exported .onnx run by ONNX Runtime) on a device.
 
@@ -85,26 +87,24 @@ def load_detector(
     channels_last on CPU); `precision="bf16"` runs it under CPU bfloat16 autocast.
     DeviceError / ModelError for bad input.
     """
-    dev = resolve_device(device)
-    if not Path(model).is_file():
-        raise ModelError(f"{model}: model file not found")
     if precision not in PRECISIONS:
         raise InputError(f"--precision {precision}: use one of {', '.join(PRECISIONS)}")
-    if Path(model).suffix.lower() == ".onnx":
+    if Path(model).suffix.lower() == ".onnx" and Path(model).is_file():
         from geodetect.onnxrun import load_onnx
 
         if precision != "fp32":
             raise InputError("--precision applies to .pt models; an .onnx runs as exported")
-        net, meta = load_onnx(model, dev)
-        return Detector(net, meta, torch.device("cpu"), 1, list(meta.get("has_front", [])))
-    from geodetect.model import load_model, prepare_for_inference
+        net, meta = load_onnx(model, None if device is None else str(device))
+        kind = "cuda" if net.session.get_providers()[0].startswith("CUDA") else "cpu"
+        return Detector(net, meta, kind, 1, list(meta.get("has_front", [])))
+    from geodetect.device import resolve_device
+    from geodetect.torchrun import load_torch
 
-    if precision == "bf16" and dev.type != "cpu":
-        raise InputError("--precision bf16 is the CPU path; on CUDA float16 autocast is used")
-    net, meta = load_model(model, device=dev)
-    net = prepare_for_inference(net, dev)
-    has_front = list(meta.get("has_front", []))
-    return Detector(net, meta, dev, 1, has_front, dev.type == "cpu", precision)
+    dev = resolve_device(device)
+    if not Path(model).is_file():
+        raise ModelError(f"{model}: model file not found")
+    net, meta = load_torch(model, dev, precision)
+    return Detector(net, meta, dev, 1, list(meta.get("has_front", [])))
 
 
 def resolve_settings(meta: dict, **overrides: Any) -> Settings:
@@ -267,29 +267,19 @@ def _ndsm_block(task: Task, tile: int) -> tuple[np.ndarray | None, tuple[int, in
     return rasterize_cloud(task.pointcloud, sub, kind="ndsm"), (c0, r0)
 
 
-def _forward(det: Detector, batch: torch.Tensor, settings: Settings) -> list[dict]:
+def _forward(det: Detector, batch: np.ndarray, settings: Settings) -> list[dict]:
     """Decoded detections per image, tile pixel frame; TTA passes fused when asked."""
-    from geodetect.model import decode
-
     passes = tta_passes.PASSES if settings.tta else ((0, False),)
     thr = settings.threshold * 0.5 if settings.tta else settings.threshold
     per_image: list[list[dict]] = [[] for _ in range(batch.shape[0])]
     size = (batch.shape[2], batch.shape[3])
     for p, (k, flip) in enumerate(passes):
-        x = tta_passes.augment(batch, k, flip)
-        if det.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with _precision(det):
-            out = det.net(x)
-        out = {name: t.float() for name, t in out.items()}
-        for i, d in enumerate(decode(out, thr, det.has_front, settings.max_det)):
-            boxes, heads = tta_passes.unaugment(
-                np.asarray(d["boxes"], np.float64),
-                np.asarray(d["headings"], np.float64),
-                size,
-                k,
-                flip,
-            )
+        out = det.net(tta_passes.augment(batch, k, flip))
+        for i, d in enumerate(decode_arrays(out, thr, det.has_front, settings.max_det)):
+            if not settings.tta:
+                per_image[i].append(d)
+                continue
+            boxes, heads = tta_passes.unaugment(d["boxes"], d["headings"], size, k, flip)
             per_image[i].append({**d, "boxes": boxes, "headings": heads, "pass": p})
     if not settings.tta:
         return [dets[0] for dets in per_image]
@@ -299,28 +289,21 @@ def _forward(det: Detector, batch: torch.Tensor, settings: Settings) -> list[dic
     ]
 
 
-def _precision(det: Detector) -> Any:
-    """CPU bfloat16 autocast when asked, else the device's own (float16 on CUDA)."""
-    if det.precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return autocast(det.device)
-
-
 def _run_batch(det: Detector, inputs: np.ndarray, settings: Settings) -> list[dict]:
     """Forward a batch in chunks of det.batch_size, halving it on out-of-memory."""
     results: list[dict] = []
     start = 0
     while start < len(inputs):
-        chunk = torch.from_numpy(inputs[start : start + det.batch_size])
-        if pin_memory(det.device):
-            chunk = chunk.pin_memory()
+        chunk = inputs[start : start + det.batch_size]
         try:
-            with torch.inference_mode():
-                results.extend(_forward(det, chunk.to(det.device, non_blocking=True), settings))
+            results.extend(_forward(det, chunk, settings))
         except Exception as exc:
-            if not is_oom(exc):
+            if not _is_oom(exc):
                 raise
-            empty_cache(det.device)
+            if not isinstance(det.device, str):
+                from geodetect.device import empty_cache
+
+                empty_cache(det.device)
             if det.batch_size == 1:
                 raise GeodetectError(
                     f"out of memory on {det.device} even with batch 1; use a smaller --tile"
@@ -329,6 +312,16 @@ def _run_batch(det: Detector, inputs: np.ndarray, settings: Settings) -> list[di
             continue
         start += len(chunk)
     return results
+
+
+def _is_oom(exc: BaseException) -> bool:
+    """A CUDA out-of-memory error (torch's, or ONNX Runtime's allocation failure)."""
+    if "torch" in sys.modules:
+        from geodetect.device import is_oom
+
+        if is_oom(exc):
+            return True
+    return "out of memory" in str(exc).lower() or "failed to allocate" in str(exc).lower()
 
 
 def run_task(

@@ -293,61 +293,12 @@ def decode(
     max_det: int = 500,
     stride: int = STRIDE,
 ) -> list[dict[str, np.ndarray]]:
-    """Peaks of the heatmap -> oriented boxes per image, in the input's pixel frame.
+    """Peaks of the heatmap -> oriented boxes per image (`decoding.decode_arrays`, the one
+    decoder torch and ONNX Runtime runs share), from the network's tensors."""
+    from geodetect.decoding import decode_arrays
 
-    Returns per image {"boxes" (M, 5), "scores", "classes", "headings" (NaN without a front)}.
-    A front class's heading is snapped to the long axis (angle or angle + 180), whichever is
-    nearer the predicted heading vector, so box and heading always agree.
-    """
-    out = {k: v.detach() for k, v in out.items()}
-    heat = torch.sigmoid(out["heatmap"].float())
-    out["heading"] = _pooled_heading(out["heading"].float(), heat)
-    peaks = heat * (F.max_pool2d(heat, 3, 1, 1) == heat)
-    n, k, h, w = heat.shape
-    front = torch.tensor(list(has_front) + [False] * (k - len(has_front)), dtype=torch.bool)
-    results = []
-    for b in range(n):
-        scores, flat = peaks[b].reshape(-1).topk(min(max_det, k * h * w))
-        keep = scores >= threshold
-        scores, flat = scores[keep], flat[keep]
-        cls, cell = flat // (h * w), flat % (h * w)
-        i, j = cell // w, cell % w
-        reg = {
-            name: out[name][b].float().reshape(2, -1)[:, cell]
-            for name in ("offset", "size", "angle", "heading")
-        }
-        cx = (j.float() + reg["offset"][0]) * stride
-        cy = (i.float() + reg["offset"][1]) * stride
-        size = reg["size"].clamp(-2.0, 8.0).exp()
-        angle = torch.rad2deg(torch.atan2(reg["angle"][1], reg["angle"][0]) / 2)
-        swap = size[1] > size[0]
-        length = torch.where(swap, size[1], size[0])
-        width = torch.where(swap, size[0], size[1])
-        angle = torch.remainder(angle + swap.float() * 90.0, 180.0)
-        pred_h = torch.rad2deg(torch.atan2(reg["heading"][1], reg["heading"][0]))
-        flip = torch.cos(torch.deg2rad(pred_h - angle)) < 0
-        heading = torch.remainder(angle + flip.float() * 180.0, 360.0)
-        heading = torch.where(front[cls.cpu()].to(heading.device), heading, torch.nan)
-        boxes = torch.stack([cx, cy, length, width, angle], 1)
-        results.append(
-            {
-                "boxes": boxes.cpu().numpy().astype(np.float64),
-                "scores": scores.cpu().numpy().astype(np.float64),
-                "classes": cls.cpu().numpy().astype(np.int64),
-                "headings": heading.cpu().numpy().astype(np.float64),
-            }
-        )
-    return results
-
-
-def _pooled_heading(heading: torch.Tensor, heat: torch.Tensor) -> torch.Tensor:
-    """Heading vectors averaged over each cell's 3x3 neighbourhood, weighted by the heatmap.
-
-    The front/back call of a dark car rests on a faint cue; one cell's vote is noisy, the
-    object's core cells agree more often than any one of them.
-    """
-    w = heat.amax(1, keepdim=True)
-    return F.avg_pool2d(heading * w, 3, 1, 1) / F.avg_pool2d(w, 3, 1, 1).clamp(min=1e-6)
+    arrays = {k: v.detach().float().cpu().numpy() for k, v in out.items()}
+    return decode_arrays(arrays, threshold, has_front, max_det, stride)
 
 
 # ------------------------------------------------------------------------------ model files

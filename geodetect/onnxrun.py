@@ -1,18 +1,20 @@
 """Running an exported `.onnx` model with ONNX Runtime, behind the same call as the torch net.
 
-`OnnxNet(batch)` takes and returns what `GeoNet` does (an NCHW float32 tensor in, the dict of
-head outputs out), so tiling, TTA, decoding and merging are shared with the torch path and the
-two give the same detections. onnxruntime is the optional extra `geodetect[onnx]`.
+`OnnxNet(batch)` is `torchrun.TorchNet`'s call (an NCHW float32 array in, the head outputs as
+arrays out), so tiling, TTA, decoding and merging are shared with the torch path and the two
+give the same detections. Nothing here imports torch: a fresh `geodetect infer model.onnx`
+process skips its 4 s (CPU) import. onnxruntime is the optional extra `geodetect[onnx]`.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from geodetect.errors import DeviceError, ModelError
 
@@ -38,13 +40,10 @@ class OnnxNet:
         self.input_name = session.get_inputs()[0].name
         self.output_names = [o.name for o in session.get_outputs()]
 
-    def __call__(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = np.ascontiguousarray(batch.detach().cpu().numpy(), np.float32)
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        x = np.ascontiguousarray(batch, np.float32)
         outs = self.session.run(self.output_names, {self.input_name: x})
-        return {name: torch.from_numpy(o) for name, o in zip(self.output_names, outs, strict=True)}
-
-    def eval(self) -> OnnxNet:
-        return self
+        return dict(zip(self.output_names, outs, strict=True))
 
 
 def read_meta(path: str | Path) -> dict:
@@ -71,20 +70,27 @@ def _meta_of(session: Any, path: str | Path) -> dict:
     return meta
 
 
-def load_onnx(
-    path: str | Path, device: torch.device, threads: int | None = None
-) -> tuple[OnnxNet, dict]:
-    """(OnnxNet, meta) for an exported model; CUDA through ORT's CUDA provider when asked."""
+def load_onnx(path: str | Path, device: str | None = "auto") -> tuple[OnnxNet, dict]:
+    """(OnnxNet, meta) for an exported model; CUDA through ORT's CUDA provider when asked.
+
+    Threads: OMP_NUM_THREADS when set (as torch reads it), else ORT's default (all cores).
+    """
     ort = import_ort()
-    providers = ["CPUExecutionProvider"]
-    if device.type == "cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise DeviceError(
-                "this onnxruntime has no CUDA provider; install onnxruntime-gpu or use --device cpu"
-            )
-        providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+    providers: list[Any] = ["CPUExecutionProvider"]
+    match = re.match(r"^(auto|cpu|cuda)(?::(\d+))?$", (device or "auto").strip().lower())
+    if match is None:
+        raise DeviceError(f"device '{device}' not understood; use auto, cpu, cuda or cuda:N")
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if match.group(1) == "cuda" and not has_cuda:
+        raise DeviceError(
+            "this onnxruntime has no CUDA provider; install onnxruntime-gpu or use --device cpu"
+        )
+    if match.group(1) == "cuda" or (match.group(1) == "auto" and has_cuda):
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(match.group(2) or 0)}))
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = int(threads or torch.get_num_threads())
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:
+        opts.intra_op_num_threads = int(threads)
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3  # quiet: warnings about unused initialisers are not the user's
     try:
