@@ -225,6 +225,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, help="training epochs when no --model")
     ap.add_argument("--speed-size", type=int, default=4096)
     ap.add_argument("--rss-size", type=int, default=16384)
+    ap.add_argument("--tile", type=int, help="--tile for every run (default: the model's)")
+    ap.add_argument("--overlap", type=int, help="--overlap for every run (default: the model's)")
     ap.add_argument("--repeat", type=int, default=1, help="end-to-end runs per cell (best kept)")
     ap.add_argument("--only", nargs="*", default=[], help="variant names, e.g. 'torch fp32'")
     ap.add_argument("--skip", nargs="*", default=[], choices=["ap", "speed", "sparse", "rss"])
@@ -245,6 +247,8 @@ def main() -> None:
     if not model.exists():
         model = train_model(work, args.device, args.epochs)
     runs = variants(work, model, args.device, args.only)
+    tiling = [f"--{k}={v}" for k, v in (("tile", args.tile), ("overlap", args.overlap)) if v]
+    runs = {name: (path, [*extra, *tiling]) for name, (path, extra) in runs.items()}
     dense, truth = dense_scene(work, args.speed_size)
     sparse = sparse_scene(work, args.speed_size, dense)
     px = args.speed_size**2 / 1e6
@@ -285,6 +289,8 @@ def main() -> None:
                 out=work / f"test_{name.replace(' ', '_')}.gpkg",
                 device=args.device,
                 precision=precision,
+                tile=args.tile,
+                overlap=args.overlap,
             )
             rows[name]["ap_test"] = ap50(out, test_truth)
             if "dense_out" in rows[name]:
@@ -299,7 +305,7 @@ def main() -> None:
     print_table(rows, ref, load)
     if "rss" not in args.skip:
         big = dense_mosaic(work, args.rss_size, dense)
-        dt, peak = fresh_infer(model, big, work / "mosaic.gpkg", args.threads, [])
+        dt, peak = fresh_infer(model, big, work / "mosaic.gpkg", args.threads, tiling)
         mpx = args.rss_size**2 / 1e6
         print(
             f"rss   {args.rss_size}² dense mosaic: peak RSS {peak:.0f} MB "
