@@ -1,67 +1,73 @@
-"""Inference benchmark: prints figures, asserts nothing.
+"""Inference benchmark: prints figures (and a README table), asserts nothing.
 
-1. AP on three generated test scenes never seen in training (test seeds 1-3, pooled; the
-   training tiles are demo.FULL's), also on the same scenes at another GSD (0.35 m vs 0.25 m)
-   with a colour cast.
-2. Throughput in scene Mpx/s on a 4096² scene at 0.25 m (CPU, or `--device cuda`).
-3. Peak RSS of `geodetect infer` (a fresh process) on a 16k × 16k mostly-nodata compressed
-   GeoTIFF, written window by window so the benchmark itself never holds it.
+1. End to end, as a user runs it: `geodetect infer MODEL SCENE` in a fresh process (start,
+   model load, read, detect, merge, write) on a dense 4096² scene at 0.25 m (a generated
+   suburb: ~4,300 vehicles, ~300 buildings) and a sparse one (the same size, nodata except
+   three 1024² patches), for torch fp32, torch bf16 (CPUs with AVX512-BF16/AMX), ONNX Runtime
+   fp32 and int8. Beside it, a reference measured in the same run: a torchvision ResNet-18
+   trunk to stride 8 (conv1…layer2, fp32) over the same pixels in 512² tiles, batch 4, so
+   figures compare across machines (and across the load of a shared one).
+2. AP50 per class of each variant on three unseen 1024² test scenes (bench_train's) and on
+   the dense scene.
+3. Peak RSS of a fresh `geodetect infer` on a dense 16384² mosaic of the dense scene.
 
-    python benchmarks/bench_infer.py [--device cpu|cuda] [--threads 2] [--model run/model.pt]
+Files are cached in --work (default bench_out/infer, git-ignored): the model (trained with
+the default recipe when no --model is given), its .onnx exports and the scenes.
+
+    python benchmarks/bench_infer.py [--threads 2] [--model run/model.pt] [--skip rss]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import geopandas as gpd
 import numpy as np
-import pandas as pd
-import rasterio
-from rasterio.windows import Window
+
+HERE = Path(__file__).resolve().parent
+TEST_SEEDS = (1, 2, 3)  # three unseen 1024² scenes: one alone holds ~20 buildings, a noisy AP
+DENSE_SEED = 2
 
 
 def train_model(work: Path, device: str, epochs: int | None) -> Path:
+    """The default recipe (demo.FULL's three tiles) into work/run/model.pt."""
     from geodetect.config import load_config
-    from geodetect.data import make_training_set
     from geodetect.demo import FULL
     from geodetect.train import train
 
-    scenes, labels = make_training_set(
-        work / "train", seeds=FULL["train_seeds"], size=FULL["size"], cloud=False
-    )
+    scenes = training_scenes(work)
     overrides = {f"train.{k}": v for k, v in FULL["train"].items()}
     if epochs:
         overrides["train.epochs"] = epochs
     config = load_config(None, overrides)
+    labels = work / "train" / "train_labels.gpkg"
     t0 = time.perf_counter()
-    model = train(
-        images=[str(d.image) for d in scenes],
-        labels=str(labels),
-        pointclouds=None,
-        config=config,
-        out_dir=str(work / "run"),
-        device=device,
-        seed=0,
-        resume=False,
-        progress=False,
-    )
-    print(f"trained on {len(scenes)} scenes of {FULL['size']}² in {time.perf_counter() - t0:.0f} s")
+    model = train(scenes, str(labels), None, config, work / "run", device=device, seed=0)
+    print(f"trained on {len(scenes)} scenes in {time.perf_counter() - t0:.0f} s")
     return Path(model)
 
 
-TEST_SEEDS = (1, 2, 3)  # three unseen 1024² scenes: one alone holds ~20 buildings, a noisy AP
+def training_scenes(work: Path) -> list[str]:
+    from geodetect.data import make_training_set
+    from geodetect.demo import FULL
+
+    folder = work / "train"
+    found = sorted(str(p) for p in folder.glob("*.tif"))
+    if found:
+        return found
+    scenes, _ = make_training_set(folder, seeds=FULL["train_seeds"], size=FULL["size"], cloud=False)
+    return [str(d.image) for d in scenes]
 
 
-def unseen_scenes(work: Path, tag: str, **kw) -> tuple[list[Path], gpd.GeoDataFrame]:
+def unseen_scenes(work: Path, tag: str, **kw):
     """Unseen test scenes (seeds no training tile uses) and their pooled truth."""
+    import geopandas as gpd
+    import pandas as pd
+
     from geodetect.data import make_sample_data
 
     size = int(round(1024 * 0.25 / kw["gsd"]))  # the same ground footprint at any GSD
@@ -74,94 +80,141 @@ def unseen_scenes(work: Path, tag: str, **kw) -> tuple[list[Path], gpd.GeoDataFr
     return images, gpd.GeoDataFrame(pd.concat(truths, ignore_index=True), crs=truths[0].crs)
 
 
-def bench_ap(model: Path, work: Path, device: str) -> None:
-    from geodetect.evaluate import evaluate
-    from geodetect.infer import infer
-
-    cases = {
-        "test 0.25 m": dict(gsd=0.25, colour_cast=None),
-        "test 0.35 m + cast": dict(gsd=0.35, colour_cast=(1.25, 1.0, 0.8)),
-    }
-    for name, kw in cases.items():
-        tag = name.replace(" ", "_").replace("+", "").replace(".", "")
-        images, truth = unseen_scenes(work, tag, **kw)
-        for use_tta in (False, True):
-            out = infer(
-                model, images, out=work / f"{tag}_{use_tta}.gpkg", device=device, tta=use_tta
-            )
-            m = evaluate(out, truth, iou=0.5)
-            parts = []
-            for cls, c in m["classes"].items():
-                ap = "-" if c["ap"] is None else f"{c['ap']:.3f}"
-                ang = "-" if c["angle_error_median"] is None else f"{c['angle_error_median']:.1f}"
-                hd = c["heading_correct_rate"]
-                parts.append(
-                    f"{cls} (n={c['n_truth']}): AP50 {ap} F1 {c['f1'] or 0:.3f} angle {ang}°"
-                    + ("" if hd is None else f" heading ok {hd:.0%}")
-                )
-            print(f"AP  {name:<20} tta={'on ' if use_tta else 'off'} | " + " | ".join(parts))
+# ------------------------------------------------------------------------------ scenes
 
 
-def make_big_scene(path: Path, src: Path, size: int) -> None:
-    """A size² scene, nodata except a few copies of `src` (deflate, tiled), written by windows."""
+def dense_scene(work: Path, side: int) -> tuple[Path, Path]:
+    """(image, truth) of the generated suburb, cached."""
+    from geodetect.data import make_sample_data
+
+    folder = work / f"dense{side}"
+    image, truth = folder / "dense.tif", folder / "dense_truth.gpkg"
+    if not image.exists():
+        make_sample_data(folder, size=side, seed=DENSE_SEED, cloud=False, name="dense")
+    return image, truth
+
+
+def sparse_scene(work: Path, side: int, src: Path) -> Path:
+    """A side² scene, nodata except three 1024² patches of `src` (deflate, tiled)."""
+    path = work / f"sparse{side}.tif"
+    if not path.exists():
+        _mosaic(path, src, side, [(0, 0), (side // 2, side // 3), (side - 1024, side - 1024)], 1024)
+    return path
+
+
+def dense_mosaic(work: Path, side: int, src: Path) -> Path:
+    """A side² scene tiled edge to edge with copies of `src`, written window by window."""
+    import rasterio
+
+    path = work / f"mosaic{side}.tif"
+    if not path.exists():
+        with rasterio.open(src) as s:
+            step = s.width
+        cells = [(r, c) for r in range(0, side, step) for c in range(0, side, step)]
+        _mosaic(path, src, side, cells, step)
+    return path
+
+
+def _mosaic(path: Path, src: Path, side: int, cells: list, patch: int) -> None:
+    import rasterio
+    from rasterio.windows import Window
+
     with rasterio.open(src) as s:
-        patch = s.read()
         profile = s.profile
+        data = s.read(window=Window(0, 0, patch, patch))
+    data = np.where(data == 0, 1, data)  # real content never equals nodata
     profile.update(
-        width=size,
-        height=size,
+        width=side,
+        height=side,
         nodata=0,
         compress="deflate",
         tiled=True,
         blockxsize=512,
         blockysize=512,
     )
-    patch = np.where(patch == 0, 1, patch)  # real content never equals nodata
-    ph, pw = patch.shape[1:]
-    with rasterio.open(path, "w", **profile) as dst:
-        for r, c in [(0, 0), (size // 2, size // 3), (size - ph, size - pw)]:
-            dst.write(patch, window=Window(c, r, pw, ph))
+    tmp = path.with_suffix(".part.tif")
+    with rasterio.open(tmp, "w", **profile) as dst:
+        for r, c in cells:
+            h, w = min(patch, side - r), min(patch, side - c)
+            dst.write(data[:, :h, :w], window=Window(c, r, w, h))
+    tmp.replace(path)
 
 
-def bench_speed(model: Path, work: Path, device: str, side: int) -> None:
-    from geodetect.data import make_sample_data
-    from geodetect.infer import infer
-
-    data = make_sample_data(work / "speed", size=side, seed=2, cloud=False, name="speed")
-    infer(
-        model, [data.image], out=work / "warm.gpkg", device=device, tile=256, overlap=32
-    )  # warm-up
-    t0 = time.perf_counter()
-    infer(model, [data.image], out=work / "speed.gpkg", device=device)
-    dt = time.perf_counter() - t0
-    print(f"speed {side}² scene on {device}: {side * side / 1e6 / dt:.2f} Mpx/s ({dt:.1f} s)")
+# ------------------------------------------------------------------------------ measuring
 
 
-# `geodetect ...` in a fresh process that prints its own peak RSS (KiB) last. RUSAGE_CHILDREN
-# here would report the largest child this benchmark ever waited for, not this one.
+def reference_mpx(side: int, threads: int, tiles: int | None = None) -> float:
+    """ResNet-18 conv1…layer2 (stride 8, fp32) over side² pixels in 512² tiles, batch 4."""
+    import torch
+    import torchvision
+
+    torch.set_num_threads(threads)
+    r = torchvision.models.resnet18(weights=None).eval()
+    trunk = torch.nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool, r.layer1, r.layer2)
+    n = tiles or (side // 512) ** 2
+    x = torch.randn(4, 3, 512, 512)
+    with torch.inference_mode():
+        trunk(x)  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(max(1, n // 4)):
+            trunk(x)
+        dt = time.perf_counter() - t0
+    return max(1, n // 4) * 4 * 512 * 512 / 1e6 / dt
+
+
 _REPORT_OWN_PEAK = (
     "import resource, sys; from geodetect.cli import main; rc = main(sys.argv[1:]); "
-    "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)"
+    "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)"
 )
 
 
-def bench_rss(model: Path, work: Path, device: str, side: int, threads: int) -> None:
-    from geodetect.data import make_sample_data
-
-    patch = make_sample_data(work / "patch", size=1024, seed=3, cloud=False, name="patch")
-    big = work / "big.tif"
-    make_big_scene(big, patch.image, side)
-    out = work / "big.gpkg"
-    cmd = [sys.executable, "-c", _REPORT_OWN_PEAK, "infer", str(model), str(big), "--out", str(out)]
+def fresh_infer(model: Path, scene: Path, out: Path, threads: int, extra: list[str]) -> tuple:
+    """(seconds, peak RSS MB) of `geodetect infer` in a fresh process."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, "-c", _REPORT_OWN_PEAK, "infer", str(model), str(scene)]
     t0 = time.perf_counter()
     run = subprocess.run(
-        [*cmd, "--device", device], check=True, stdout=subprocess.PIPE, text=True, env=env
+        [*cmd, "--out", str(out), *extra], stderr=subprocess.PIPE, text=True, env=env
     )
     dt = time.perf_counter() - t0
-    peak_mb = int(run.stdout.strip().splitlines()[-1]) / 1024
-    verdict = "OK" if peak_mb < 2048 else "OVER 2 GB"
-    print(f"rss   {side}² mostly-nodata scene: peak RSS {peak_mb:.0f} MB ({verdict}), {dt:.1f} s")
+    if run.returncode != 0:
+        raise SystemExit(f"infer failed: {run.stderr.strip()[-500:]}")
+    return dt, int(run.stderr.strip().splitlines()[-1]) / 1024
+
+
+def ap50(pred: Path, truth) -> dict[str, float | None]:
+    from geodetect.evaluate import evaluate
+
+    m = evaluate(pred, truth, iou=0.5)
+    return {k: c["ap"] for k, c in m["classes"].items()}
+
+
+def variants(work: Path, model: Path, device: str, only: list[str]) -> dict[str, tuple]:
+    """name -> (model file, extra CLI args); exports cached next to the model."""
+    from geodetect.device import cpu_bf16_reason
+
+    out: dict[str, tuple] = {"torch fp32": (model, ["--device", device])}
+    if device == "cpu" and cpu_bf16_reason() is None:
+        out["torch bf16"] = (model, ["--device", device, "--precision", "bf16"])
+    elif device == "cpu":
+        print(f"torch bf16: not measured ({cpu_bf16_reason()})")
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        print("onnx rows: not measured (pip install 'geodetect[onnx]')")
+        return {k: v for k, v in out.items() if not only or k in only}
+    from geodetect.export import export_onnx
+
+    fp32, int8 = model.with_suffix(".onnx"), model.with_name(model.stem + "_int8.onnx")
+    if not fp32.exists() or fp32.stat().st_mtime < model.stat().st_mtime:
+        export_onnx(model, fp32)
+    if not int8.exists() or int8.stat().st_mtime < model.stat().st_mtime:
+        t0 = time.perf_counter()
+        export_onnx(model, int8, int8=True, calibrate=training_scenes(work))
+        print(f"int8 export (calibration on the training scenes): {time.perf_counter() - t0:.0f} s")
+    out["onnxruntime fp32"] = (fp32, ["--device", device])
+    out["onnxruntime int8"] = (int8, ["--device", device])
+    return {k: v for k, v in out.items() if not only or k in only}
 
 
 def main() -> None:
@@ -172,25 +225,114 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, help="training epochs when no --model")
     ap.add_argument("--speed-size", type=int, default=4096)
     ap.add_argument("--rss-size", type=int, default=16384)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["ap", "speed", "rss"])
-    ap.add_argument("--work", type=Path, help="keep files here (default: a temp folder)")
+    ap.add_argument("--tile", type=int, help="--tile for every run (default: the model's)")
+    ap.add_argument("--overlap", type=int, help="--overlap for every run (default: the model's)")
+    ap.add_argument("--repeat", type=int, default=1, help="end-to-end runs per cell (best kept)")
+    ap.add_argument("--only", nargs="*", default=[], help="variant names, e.g. 'torch fp32'")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["ap", "speed", "sparse", "rss"])
+    ap.add_argument("--work", type=Path, default=HERE.parent / "bench_out" / "infer")
     args = ap.parse_args()
 
     import torch
 
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, device {args.device}")
-    with tempfile.TemporaryDirectory() as tmp:
-        work = args.work or Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        model = args.model or train_model(work, args.device, args.epochs)
-        if "ap" not in args.skip:
-            bench_ap(model, work, args.device)
-        if "speed" not in args.skip:
-            bench_speed(model, work, args.device, args.speed_size)
-        if "rss" not in args.skip:
-            bench_rss(model, work, args.device, args.rss_size, args.threads)
-        print(json.dumps({"model": str(model)}))
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    load = os.getloadavg()
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, device {args.device}, "
+        f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}"
+    )
+    model = args.model or work / "run" / "model.pt"
+    if not model.exists():
+        model = train_model(work, args.device, args.epochs)
+    runs = variants(work, model, args.device, args.only)
+    tiling = [f"--{k}={v}" for k, v in (("tile", args.tile), ("overlap", args.overlap)) if v]
+    runs = {name: (path, [*extra, *tiling]) for name, (path, extra) in runs.items()}
+    dense, truth = dense_scene(work, args.speed_size)
+    sparse = sparse_scene(work, args.speed_size, dense)
+    px = args.speed_size**2 / 1e6
+    rows: dict[str, dict] = {name: {} for name in runs}
+    refs = []
+    if "speed" not in args.skip:
+        refs.append(reference_mpx(args.speed_size, args.threads))
+        for name, (path, extra) in runs.items():
+            out = work / f"dense_{name.replace(' ', '_')}.gpkg"
+            best = min(
+                fresh_infer(path, dense, out, args.threads, extra)[0] for _ in range(args.repeat)
+            )
+            rows[name]["dense"] = px / best
+            rows[name]["dense_out"] = out
+            if "sparse" not in args.skip:
+                sp = work / f"sparse_{name.replace(' ', '_')}.gpkg"
+                best = min(
+                    fresh_infer(path, sparse, sp, args.threads, extra)[0]
+                    for _ in range(args.repeat)
+                )
+                rows[name]["sparse"] = px / best
+            print(
+                f"{name:<18} dense {rows[name]['dense']:.2f} Mpx/s  "
+                f"sparse {rows[name].get('sparse', float('nan')):.2f} Mpx/s",
+                flush=True,
+            )
+        refs.append(reference_mpx(args.speed_size, args.threads))
+        print(f"reference ResNet-18 to stride 8: {refs[0]:.2f} then {refs[1]:.2f} Mpx/s")
+    if "ap" not in args.skip:
+        from geodetect.infer import infer
+
+        images, test_truth = unseen_scenes(work, "test_025m", gsd=0.25, colour_cast=None)
+        for name, (path, _) in runs.items():
+            precision = "bf16" if "bf16" in name else "fp32"
+            out = infer(
+                path,
+                images,
+                out=work / f"test_{name.replace(' ', '_')}.gpkg",
+                device=args.device,
+                precision=precision,
+                tile=args.tile,
+                overlap=args.overlap,
+            )
+            rows[name]["ap_test"] = ap50(out, test_truth)
+            if "dense_out" in rows[name]:
+                import geopandas as gpd
+
+                rows[name]["ap_dense"] = ap50(rows[name]["dense_out"], gpd.read_file(truth))
+            print(
+                f"{name:<18} AP50 test {rows[name]['ap_test']}  dense {rows[name].get('ap_dense')}",
+                flush=True,
+            )
+    ref = float(np.mean(refs)) if refs else float("nan")
+    print_table(rows, ref, load)
+    if "rss" not in args.skip:
+        big = dense_mosaic(work, args.rss_size, dense)
+        dt, peak = fresh_infer(model, big, work / "mosaic.gpkg", args.threads, tiling)
+        mpx = args.rss_size**2 / 1e6
+        print(
+            f"rss   {args.rss_size}² dense mosaic: peak RSS {peak:.0f} MB "
+            f"({'OK' if peak <= 1024 else 'OVER 1 GB'}), {dt:.0f} s, {mpx / dt:.2f} Mpx/s"
+        )
+
+
+def _ap(d: dict | None) -> str:
+    if not d:
+        return "-"
+    return " / ".join("-" if v is None else f"{v:.3f}" for v in d.values())
+
+
+def print_table(rows: dict, ref: float, load: tuple) -> None:
+    print(
+        f"\nreference (ResNet-18 to stride 8, same run): {ref:.2f} Mpx/s; "
+        f"load average at start {load[0]:.1f}"
+    )
+    print("| variant | dense Mpx/s (× ref) | sparse Mpx/s | AP50 test | AP50 dense |")
+    print("|---|---|---|---|---|")
+    for name, r in rows.items():
+        d = r.get("dense")
+        dense = "-" if d is None else f"{d:.2f} ({d / ref:.2f}×)"
+        sparse = "-" if r.get("sparse") is None else f"{r['sparse']:.2f}"
+        print(
+            f"| {name} | {dense} | {sparse} | {_ap(r.get('ap_test'))} | {_ap(r.get('ap_dense'))} |"
+        )
 
 
 if __name__ == "__main__":

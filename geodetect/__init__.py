@@ -34,6 +34,7 @@ _API = {
     "train": "train",
     "load_model": "model",
     "infer": "infer",
+    "export_onnx": "export",
     "evaluate": "evaluate",
     "precision_recall_curves": "evaluate",
     # data layer: geodetect rasterize, label files, rasters

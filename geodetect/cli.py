@@ -70,8 +70,16 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         scheduler=args.scheduler,
         resume=args.resume,
         shard=args.shard,
+        precision=args.precision,
     )
     print(out)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from geodetect.export import export_onnx
+
+    print(export_onnx(args.model, args.out, int8=args.int8, calibrate=args.calibrate))
     return 0
 
 
@@ -193,7 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="an existing Dask scheduler")
     p.add_argument("--resume", action="store_true", help="redo only unfinished tasks")
     p.add_argument("--shard", metavar="i/N", help="run shard i of N (1-based)")
+    p.add_argument(
+        "--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: CPU autocast (.pt)"
+    )
     p.set_defaults(func=_cmd_infer)
+
+    p = add("export", "write a model as ONNX (fp32, or --int8 calibrated on training scenes)")
+    p.add_argument("model", metavar="MODEL.pt")
+    p.add_argument("--out", required=True, metavar="MODEL.onnx")
+    p.add_argument("--int8", action="store_true", help="static int8 quantisation (onnxruntime)")
+    p.add_argument("--calibrate", nargs="+", metavar="IMAGE", help="training scenes, for --int8")
+    p.set_defaults(func=_cmd_export)
 
     p = add("samples", "write the normalised chips the trainer sees, plus an index CSV")
     p.add_argument("images", nargs="+", metavar="IMAGE")

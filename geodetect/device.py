@@ -77,3 +77,18 @@ def empty_cache(device: torch.device) -> None:
     """Release cached blocks after an OOM so the retry can use them."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def cpu_bf16_reason() -> str | None:
+    """None when this CPU computes bfloat16 natively (AVX512-BF16 or AMX), else why not.
+
+    Without them torch emulates bfloat16 and CPU autocast is slower than float32.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return "no /proc/cpuinfo to read the CPU's flags from"
+    if "avx512_bf16" in flags or "amx_bf16" in flags:
+        return None
+    return "this CPU lacks AVX512-BF16 and AMX (no avx512_bf16/amx_bf16 in /proc/cpuinfo)"

@@ -9,6 +9,7 @@ batch at a time (the next batch is read in a background thread while the network
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,14 +18,13 @@ from typing import Any
 
 import geopandas as gpd
 import numpy as np
-import torch
 from rasterio.windows import Window
 
 from geodetect import geometry
 from geodetect import tta as tta_passes
 from geodetect.atomic import check_out_dir
 from geodetect.config import Config, InferConfig
-from geodetect.device import autocast, empty_cache, is_oom, pin_memory, resolve_device
+from geodetect.decoding import decode_arrays
 from geodetect.errors import CRSError, GeodetectError, InputError, ModelError
 from geodetect.merge import empty_detections, merge_detections  # noqa: F401 - re-exported
 from geodetect.raster import Grid
@@ -33,6 +33,7 @@ VECTOR_SUFFIXES = {".gpkg", ".geojson", ".json", ".shp", ".fgb"}
 TASK_ROWS_PX = 4096  # height of a task's block of tile rows
 TASK_MAX_PX = 64_000_000  # and its area: bounds the per-task nDSM (float32) to ~256 MB
 SEAM_SLACK_PX = 2.0  # cores of adjacent tiles overlap by this much; NMS removes the duplicates
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -64,25 +65,46 @@ class Task:
 
 @dataclass
 class Detector:
-    """A loaded model and what it needs to run."""
+    """A loaded model and what it needs to run.
 
-    net: torch.nn.Module
+    `net` maps an NCHW float32 array to the head outputs as arrays: `torchrun.TorchNet` for a
+    model.pt, `onnxrun.OnnxNet` for an exported .onnx (which never imports torch).
+    """
+
+    net: Callable[[np.ndarray], dict[str, np.ndarray]]
     meta: dict
-    device: torch.device
+    device: Any  # torch.device for a .pt; "cpu"/"cuda" for an .onnx
     batch_size: int  # current batch size; halves on out-of-memory
     has_front: list[bool] = field(default_factory=list)
 
 
-def load_detector(model: str | Path, device: str | torch.device | None = "auto") -> Detector:
-    """Load a model file on a device (DeviceError / ModelError for bad input)."""
-    from geodetect.model import load_model
+def load_detector(
+    model: str | Path, device: str | Any | None = "auto", precision: str = "fp32"
+) -> Detector:
+    """Load a model file (.pt, or an exported .onnx run by ONNX Runtime) on a device.
+
+    A torch network is prepared once for inference (BatchNorm folded into the convs,
+    channels_last on CPU); `precision="bf16"` runs it under CPU bfloat16 autocast.
+    DeviceError / ModelError for bad input.
+    """
+    if precision not in PRECISIONS:
+        raise InputError(f"--precision {precision}: use one of {', '.join(PRECISIONS)}")
+    if Path(model).suffix.lower() == ".onnx" and Path(model).is_file():
+        from geodetect.onnxrun import load_onnx
+
+        if precision != "fp32":
+            raise InputError("--precision applies to .pt models; an .onnx runs as exported")
+        net, meta = load_onnx(model, None if device is None else str(device))
+        kind = "cuda" if net.session.get_providers()[0].startswith("CUDA") else "cpu"
+        return Detector(net, meta, kind, 1, list(meta.get("has_front", [])))
+    from geodetect.device import resolve_device
+    from geodetect.torchrun import load_torch
 
     dev = resolve_device(device)
     if not Path(model).is_file():
         raise ModelError(f"{model}: model file not found")
-    net, meta = load_model(model, device=dev)
-    net.eval()
-    return Detector(net, meta, dev, batch_size=1, has_front=list(meta.get("has_front", [])))
+    net, meta = load_torch(model, dev, precision)
+    return Detector(net, meta, dev, 1, list(meta.get("has_front", [])))
 
 
 def resolve_settings(meta: dict, **overrides: Any) -> Settings:
@@ -250,26 +272,19 @@ def _ndsm_block(task: Task, tile: int) -> tuple[np.ndarray | None, tuple[int, in
     return rasterize_cloud(task.pointcloud, sub, kind="ndsm"), (c0, r0)
 
 
-def _forward(det: Detector, batch: torch.Tensor, settings: Settings) -> list[dict]:
+def _forward(det: Detector, batch: np.ndarray, settings: Settings) -> list[dict]:
     """Decoded detections per image, tile pixel frame; TTA passes fused when asked."""
-    from geodetect.model import decode
-
     passes = tta_passes.PASSES if settings.tta else ((0, False),)
     thr = settings.threshold * 0.5 if settings.tta else settings.threshold
     per_image: list[list[dict]] = [[] for _ in range(batch.shape[0])]
     size = (batch.shape[2], batch.shape[3])
     for p, (k, flip) in enumerate(passes):
-        with autocast(det.device):
-            out = det.net(tta_passes.augment(batch, k, flip))
-        out = {name: t.float() for name, t in out.items()}
-        for i, d in enumerate(decode(out, thr, det.has_front, settings.max_det)):
-            boxes, heads = tta_passes.unaugment(
-                np.asarray(d["boxes"], np.float64),
-                np.asarray(d["headings"], np.float64),
-                size,
-                k,
-                flip,
-            )
+        out = det.net(tta_passes.augment(batch, k, flip))
+        for i, d in enumerate(decode_arrays(out, thr, det.has_front, settings.max_det)):
+            if not settings.tta:
+                per_image[i].append(d)
+                continue
+            boxes, heads = tta_passes.unaugment(d["boxes"], d["headings"], size, k, flip)
             per_image[i].append({**d, "boxes": boxes, "headings": heads, "pass": p})
     if not settings.tta:
         return [dets[0] for dets in per_image]
@@ -284,16 +299,16 @@ def _run_batch(det: Detector, inputs: np.ndarray, settings: Settings) -> list[di
     results: list[dict] = []
     start = 0
     while start < len(inputs):
-        chunk = torch.from_numpy(inputs[start : start + det.batch_size])
-        if pin_memory(det.device):
-            chunk = chunk.pin_memory()
+        chunk = inputs[start : start + det.batch_size]
         try:
-            with torch.inference_mode():
-                results.extend(_forward(det, chunk.to(det.device, non_blocking=True), settings))
+            results.extend(_forward(det, chunk, settings))
         except Exception as exc:
-            if not is_oom(exc):
+            if not _is_oom(exc):
                 raise
-            empty_cache(det.device)
+            if not isinstance(det.device, str):
+                from geodetect.device import empty_cache
+
+                empty_cache(det.device)
             if det.batch_size == 1:
                 raise GeodetectError(
                     f"out of memory on {det.device} even with batch 1; use a smaller --tile"
@@ -302,6 +317,16 @@ def _run_batch(det: Detector, inputs: np.ndarray, settings: Settings) -> list[di
             continue
         start += len(chunk)
     return results
+
+
+def _is_oom(exc: BaseException) -> bool:
+    """A CUDA out-of-memory error (torch's, or ONNX Runtime's allocation failure)."""
+    if "torch" in sys.modules:
+        from geodetect.device import is_oom
+
+        if is_oom(exc):
+            return True
+    return "out of memory" in str(exc).lower() or "failed to allocate" in str(exc).lower()
 
 
 def run_task(
@@ -375,6 +400,7 @@ def infer(
     scheduler: str | None = None,
     resume: bool = False,
     shard: str | None = None,
+    precision: str = "fp32",
 ) -> Path:
     """`geodetect infer`: detect objects over whole scenes into one detections file.
 
@@ -382,7 +408,8 @@ def infer(
     the first scene's CRS); every input is checked before any work, and the file appears only
     when complete. Tasks run through `geodetect.scaleout` (part files + resume manifest):
     `workers` / `scheduler` pick a Dask engine, `resume` reuses finished tasks, `shard="i/N"`
-    runs one shard (see docs/scaleout.md).
+    runs one shard (see docs/scaleout.md). `model` may be an exported `.onnx` (ONNX
+    Runtime); `precision="bf16"` runs a .pt under CPU bfloat16 autocast.
     """
     out = check_out_dir(out)
     if out.suffix.lower() not in VECTOR_SUFFIXES:
@@ -394,7 +421,7 @@ def infer(
     check_scheduler(scheduler)
     check_outputs(out, shard, [model, *images, *(pointclouds or [])])
     remote = bool(workers or scheduler)  # the workers resolve `device`; here only the meta
-    det = load_detector(model, "cpu" if remote else device)
+    det = load_detector(model, "cpu" if remote else device, precision)
     settings = resolve_settings(
         det.meta, tile=tile, overlap=overlap, batch_size=batch_size, threshold=threshold, tta=tta
     )

@@ -293,61 +293,12 @@ def decode(
     max_det: int = 500,
     stride: int = STRIDE,
 ) -> list[dict[str, np.ndarray]]:
-    """Peaks of the heatmap -> oriented boxes per image, in the input's pixel frame.
+    """Peaks of the heatmap -> oriented boxes per image (`decoding.decode_arrays`, the one
+    decoder torch and ONNX Runtime runs share), from the network's tensors."""
+    from geodetect.decoding import decode_arrays
 
-    Returns per image {"boxes" (M, 5), "scores", "classes", "headings" (NaN without a front)}.
-    A front class's heading is snapped to the long axis (angle or angle + 180), whichever is
-    nearer the predicted heading vector, so box and heading always agree.
-    """
-    out = {k: v.detach() for k, v in out.items()}
-    heat = torch.sigmoid(out["heatmap"].float())
-    out["heading"] = _pooled_heading(out["heading"].float(), heat)
-    peaks = heat * (F.max_pool2d(heat, 3, 1, 1) == heat)
-    n, k, h, w = heat.shape
-    front = torch.tensor(list(has_front) + [False] * (k - len(has_front)), dtype=torch.bool)
-    results = []
-    for b in range(n):
-        scores, flat = peaks[b].reshape(-1).topk(min(max_det, k * h * w))
-        keep = scores >= threshold
-        scores, flat = scores[keep], flat[keep]
-        cls, cell = flat // (h * w), flat % (h * w)
-        i, j = cell // w, cell % w
-        reg = {
-            name: out[name][b].float().reshape(2, -1)[:, cell]
-            for name in ("offset", "size", "angle", "heading")
-        }
-        cx = (j.float() + reg["offset"][0]) * stride
-        cy = (i.float() + reg["offset"][1]) * stride
-        size = reg["size"].clamp(-2.0, 8.0).exp()
-        angle = torch.rad2deg(torch.atan2(reg["angle"][1], reg["angle"][0]) / 2)
-        swap = size[1] > size[0]
-        length = torch.where(swap, size[1], size[0])
-        width = torch.where(swap, size[0], size[1])
-        angle = torch.remainder(angle + swap.float() * 90.0, 180.0)
-        pred_h = torch.rad2deg(torch.atan2(reg["heading"][1], reg["heading"][0]))
-        flip = torch.cos(torch.deg2rad(pred_h - angle)) < 0
-        heading = torch.remainder(angle + flip.float() * 180.0, 360.0)
-        heading = torch.where(front[cls.cpu()].to(heading.device), heading, torch.nan)
-        boxes = torch.stack([cx, cy, length, width, angle], 1)
-        results.append(
-            {
-                "boxes": boxes.cpu().numpy().astype(np.float64),
-                "scores": scores.cpu().numpy().astype(np.float64),
-                "classes": cls.cpu().numpy().astype(np.int64),
-                "headings": heading.cpu().numpy().astype(np.float64),
-            }
-        )
-    return results
-
-
-def _pooled_heading(heading: torch.Tensor, heat: torch.Tensor) -> torch.Tensor:
-    """Heading vectors averaged over each cell's 3x3 neighbourhood, weighted by the heatmap.
-
-    The front/back call of a dark car rests on a faint cue; one cell's vote is noisy, the
-    object's core cells agree more often than any one of them.
-    """
-    w = heat.amax(1, keepdim=True)
-    return F.avg_pool2d(heading * w, 3, 1, 1) / F.avg_pool2d(w, 3, 1, 1).clamp(min=1e-6)
+    arrays = {k: v.detach().float().cpu().numpy() for k, v in out.items()}
+    return decode_arrays(arrays, threshold, has_front, max_det, stride)
 
 
 # ------------------------------------------------------------------------------ model files
@@ -401,3 +352,43 @@ def model_blob(net: nn.Module, meta: dict[str, Any]) -> dict[str, Any]:
     """The plain dict saved as model.pt (CPU tensors, built-in types only)."""
     state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
     return {"format": FORMAT, "version": VERSION, "state_dict": state, **meta}
+
+
+# ------------------------------------------------------------------------------ inference
+
+
+def fuse_conv_bn(net: nn.Module) -> nn.Module:
+    """Fold every eval-mode BatchNorm into the conv before it, in place (returns `net`).
+
+    Done once at load time for inference: a separate batch-norm pass over every feature map
+    cost 14 % of a CPU forward; folded, the conv computes the same thing (to float rounding).
+    Pairs are a Sequential's consecutive (Conv2d, BatchNorm2d) children and torchvision's
+    (convN, bnN) attributes; a folded BatchNorm becomes an Identity.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for module in list(net.modules()):
+        if isinstance(module, nn.Sequential):
+            kids = list(module._modules.items())
+            for (_, a), (name_b, b) in zip(kids, kids[1:], strict=False):
+                if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d):
+                    module._modules[_key(module, a)] = fuse_conv_bn_eval(a, b)
+                    module._modules[name_b] = nn.Identity()
+        for i in range(1, 4):
+            conv, bn = getattr(module, f"conv{i}", None), getattr(module, f"bn{i}", None)
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                setattr(module, f"conv{i}", fuse_conv_bn_eval(conv, bn))
+                setattr(module, f"bn{i}", nn.Identity())
+    return net
+
+
+def _key(parent: nn.Module, child: nn.Module) -> str:
+    return next(k for k, v in parent._modules.items() if v is child)
+
+
+def prepare_for_inference(net: nn.Module, device: torch.device) -> nn.Module:
+    """The network as inference runs it: eval, BatchNorm folded, channels_last on CPU."""
+    net = fuse_conv_bn(net.eval())
+    if device.type == "cpu":
+        net = net.to(memory_format=torch.channels_last)
+    return net

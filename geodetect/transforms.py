@@ -20,15 +20,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import albumentations as A
 import numpy as np
 
 from geodetect import geometry
 
+if TYPE_CHECKING:  # imported where used: `infer` normalises without it (5 s of process start)
+    import albumentations as A
+
 LOW, SPAN = -0.5, 2.0  # normalised values live in [LOW, LOW + SPAN]; the robust range is [0, 1]
-_KP = A.KeypointParams(format="xy", remove_invisible=False, check_each_transform=False)
 
 
 # ------------------------------------------------------------------------------ colour
@@ -152,6 +153,8 @@ def draw_params(rng: np.random.Generator, cfg: Any, max_shift: float) -> ChipPar
 
 
 def _pipeline(p: ChipParams, out: int) -> A.Compose:
+    import albumentations as A
+
     ops: list[A.BasicTransform] = [
         A.Affine(
             rotate=(-p.rotate, -p.rotate),  # albumentations turns counter-clockwise
@@ -168,7 +171,8 @@ def _pipeline(p: ChipParams, out: int) -> A.Compose:
     ]
     if p.flip:
         ops.append(A.HorizontalFlip(p=1.0))
-    return A.Compose(ops, keypoint_params=_KP)
+    kp = A.KeypointParams(format="xy", remove_invisible=False, check_each_transform=False)
+    return A.Compose(ops, keypoint_params=kp)
 
 
 def _colour(img: np.ndarray, p: ChipParams, colour_channels: int) -> np.ndarray:
@@ -180,6 +184,8 @@ def _colour(img: np.ndarray, p: ChipParams, colour_channels: int) -> np.ndarray:
     """
     if p.brightness == 0.0 and p.contrast == 0.0:
         return img
+    import albumentations as A
+
     jitter = A.RandomBrightnessContrast(
         brightness_limit=(p.brightness / 2, p.brightness / 2),
         contrast_limit=(p.contrast, p.contrast),

@@ -8,8 +8,9 @@ vectors, so no case-by-case angle arithmetic is needed.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-import torch
 
 from geodetect import geometry
 
@@ -26,8 +27,15 @@ _ROT = np.array([[0.0, 1.0], [-1.0, 0.0]])  # offsets (dx, dy) after torch.rot90
 _FLIP = np.array([[-1.0, 0.0], [0.0, 1.0]])
 
 
-def augment(batch: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
-    """The NCHW batch as the network sees it in pass (k, flip)."""
+def augment(batch: Any, k: int, flip: bool) -> Any:
+    """The NCHW batch (numpy array or torch tensor) as the network sees it in pass (k, flip)."""
+    if isinstance(batch, np.ndarray):
+        if flip:
+            batch = batch[..., ::-1]
+        batch = np.rot90(batch, k, axes=(2, 3)) if k % 4 else batch
+        return np.ascontiguousarray(batch)
+    import torch
+
     if flip:
         batch = torch.flip(batch, dims=[3])
     return torch.rot90(batch, k, dims=(2, 3)) if k % 4 else batch

@@ -1,0 +1,162 @@
+"""export / ONNX Runtime / fast torch path: parity with torch, int8, missing extra, bf16."""
+
+from __future__ import annotations
+
+import builtins
+import json
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import torch
+
+from geodetect.cli import main
+from geodetect.device import cpu_bf16_reason
+from geodetect.infer import infer
+from geodetect.model import build_model, fuse_conv_bn, model_blob
+
+torch.set_num_threads(2)
+onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed")
+ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+
+ARCH = {
+    "name": "geonet",
+    "in_channels": 3,
+    "n_classes": 2,
+    "width": 8,
+    "backbone": "none",
+    "pretrained": None,
+    "stride": 4,
+    "multiple": 32,
+}
+
+
+def _random_net(seed: int = 0) -> torch.nn.Module:
+    """Random weights and BatchNorm statistics, heatmap bias raised so that it finds plenty."""
+    torch.manual_seed(seed)
+    net = build_model(ARCH)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    with torch.no_grad():
+        net.heatmap.bias.fill_(0.5)
+        net.regress.weight.normal_(0, 0.05)
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def model_pt(tmp_path_factory):
+    meta = {
+        "classes": ["vehicle", "building"],
+        "has_front": [True, False],
+        "bands": [1, 2, 3],
+        "elevation": False,
+        "gsd": 0.25,
+        "arch": ARCH,
+        "normalisation": {"stats": "scene"},
+        "config": {"infer": {"tile": 256, "overlap": 64, "threshold": 0.6}},
+    }
+    path = tmp_path_factory.mktemp("export") / "model.pt"
+    torch.save(model_blob(_random_net(), meta), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    from geodetect.data import make_sample_data
+
+    root = tmp_path_factory.mktemp("export_scene")
+    return make_sample_data(root, size=320, seed=5, cloud=False, name="s").image
+
+
+def test_conv_bn_fusion_keeps_outputs():
+    net = _random_net(1)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.inference_mode():
+        want = net(x)
+        got = fuse_conv_bn(_random_net(1))(x)
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in fuse_conv_bn(_random_net(1)).modules())
+    assert n_bn == 0
+    for k in want:
+        assert torch.allclose(want[k], got[k], atol=1e-4), k
+
+
+def test_export_metadata_and_onnxruntime_parity(model_pt, scene, tmp_path):
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(model_pt), "--out", str(out)]) == 0
+    proto = onnx.load(str(out))
+    meta = json.loads({p.key: p.value for p in proto.metadata_props}["geodetect"])
+    assert meta["classes"] == ["vehicle", "building"] and meta["gsd"] == 0.25
+    assert meta["config"]["infer"]["tile"] == 256 and meta["bands"] == [1, 2, 3]
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param for d in dims] == ["batch", "", "height", "width"]
+
+    a = gpd.read_file(infer(model_pt, [scene], out=tmp_path / "pt.gpkg", device="cpu"))
+    b = gpd.read_file(infer(out, [scene], out=tmp_path / "onnx.gpkg", device="cpu"))
+    assert len(a) > 20  # the random net finds plenty, so parity means something
+    assert len(a) == len(b)
+    assert list(a["class"]) == list(b["class"])
+    np.testing.assert_allclose(a["score"], b["score"], atol=1e-3)
+    ca = np.c_[a.geometry.centroid.x, a.geometry.centroid.y]
+    cb = np.c_[b.geometry.centroid.x, b.geometry.centroid.y]
+    np.testing.assert_allclose(ca, cb, atol=0.01)  # metres: 1/25 px
+    np.testing.assert_allclose(a["angle_deg"], b["angle_deg"], atol=0.1)
+
+
+def test_int8_export_runs_and_detects(model_pt, scene, tmp_path, capsys):
+    out = tmp_path / "int8.onnx"
+    argv = ["export", str(model_pt), "--out", str(out), "--int8"]
+    assert main(argv) == 2  # calibration scenes are required
+    assert "--calibrate" in capsys.readouterr().err and not out.exists()
+    assert main([*argv, "--calibrate", str(scene)]) == 0
+    proto = onnx.load(str(out))
+    assert any(n.op_type == "QuantizeLinear" for n in proto.graph.node)
+    meta = json.loads({p.key: p.value for p in proto.metadata_props}["geodetect"])
+    assert meta["precision"] == "int8"
+    got = gpd.read_file(infer(out, [scene], out=tmp_path / "int8.gpkg", device="cpu"))
+    assert len(got) > 0
+
+
+def test_missing_onnxruntime_is_a_one_line_error(model_pt, scene, tmp_path, capsys, monkeypatch):
+    onnx_path = tmp_path / "m.onnx"
+    onnx_path.write_bytes(b"not read: the import fails first")
+    real_import = builtins.__import__
+
+    def no_ort(name, *args, **kwargs):
+        if name == "onnxruntime" or name.startswith("onnxruntime."):
+            raise ImportError("No module named 'onnxruntime'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ort)
+    out = tmp_path / "det.gpkg"
+    assert main(["infer", str(onnx_path), str(scene), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: ONNX models need onnxruntime: pip install 'geodetect[onnx]'"
+    assert not out.exists()
+    assert main(["export", str(model_pt), "--out", str(tmp_path / "x.onnx")]) == 2
+    assert "geodetect[onnx]" in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_onnx_without_geodetect_metadata_is_refused(model_pt, scene, tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(model_pt), "--out", str(out)]) == 0
+    proto = onnx.load(str(out))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(out))
+    assert main(["infer", str(out), str(scene), "--out", str(tmp_path / "d.gpkg")]) == 2
+    assert "without geodetect metadata" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(cpu_bf16_reason() is not None, reason=str(cpu_bf16_reason()))
+def test_bf16_path_matches_fp32(model_pt, scene, tmp_path):
+    a = gpd.read_file(infer(model_pt, [scene], out=tmp_path / "a.gpkg", device="cpu"))
+    b = gpd.read_file(
+        infer(model_pt, [scene], out=tmp_path / "b.gpkg", device="cpu", precision="bf16")
+    )
+    assert len(b) > 0
+    assert abs(len(a) - len(b)) <= max(2, len(a) // 20)
+    np.testing.assert_allclose(np.sort(a["score"])[-10:], np.sort(b["score"])[-10:], atol=0.03)
