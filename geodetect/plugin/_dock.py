@@ -9,7 +9,6 @@ widen / narrow; on `detections` a accepts, x rejects; Ctrl-Z / Ctrl-Shift-Z undo
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog, QLabel, QMessageBox, QTabWidget, QVBoxLayout, QWidget
 
 from geodetect.errors import GeodetectError
-from geodetect.jobs import Job, train_params
+from geodetect.jobs import Job
 from geodetect.plugin import _label_layer as ll
 from geodetect.plugin import _model
 from geodetect.plugin._coords import KEY, format_map, world_to_map
@@ -26,10 +25,10 @@ from geodetect.plugin._detect_tab import DetectTab
 from geodetect.plugin._label_tab import LabelTab
 from geodetect.plugin._layers import LabelLayers
 from geodetect.plugin._train_tab import TrainTab
+from geodetect.plugin._work import Work
 
 DEFAULT_CLASSES = {"vehicle": True, "building": False}
 AUTOSAVE_DELAY_MS = 500
-POLL_MS = 100
 FILE_ERRORS = (GeodetectError, OSError, ValueError)
 
 
@@ -41,8 +40,7 @@ class GeodetectWidget(QWidget):
         self.viewer = napari_viewer
         self.model: _model.LabelModel | None = None
         self.layers: LabelLayers | None = None
-        self.job: Job | None = None
-        self._on_job_result = None
+        self.work = Work(self)
         self.last_error: str | None = None
         self.model_path: Path | None = None
         self.autosave_error: str | None = None
@@ -50,9 +48,6 @@ class GeodetectWidget(QWidget):
         self._autosave.setSingleShot(True)
         self._autosave.setInterval(AUTOSAVE_DELAY_MS)
         self._autosave.timeout.connect(self.autosave)
-        self._poll = QTimer(self)
-        self._poll.setInterval(POLL_MS)
-        self._poll.timeout.connect(self._poll_job)
 
         self.tabs = QTabWidget()
         self.label_tab, self.train_tab, self.detect_tab = (
@@ -363,144 +358,24 @@ class GeodetectWidget(QWidget):
 
     # ---------------------------------------------------------------------- jobs
 
-    def images(self) -> list[str]:
-        return [self.model.frame.scene_path] if self.model and self.model.frame.scene_path else []
-
-    def clouds(self) -> list[str] | None:
-        if not self.train_tab.use_cloud.isChecked():
-            return None
-        found = [
-            ly.metadata[KEY]["cloud"]
-            for ly in self.viewer.layers
-            if ly.metadata.get(KEY, {}).get("cloud")
-        ]
-        return found[:1] or None
-
-    def run_job(self, kind: str, params: dict, on_result, label: str) -> Job | None:
-        if self.job is not None:
-            self.say(f"{self.job.kind} is still running; wait or cancel it", error=True)
-            return None
-        self.job = Job(kind, params)
-        self._on_job_result = on_result
-        self.train_tab.running(kind == "train")
-        self.detect_tab.running(kind == "detect")
-        self.say(label)
-        self._poll.start()
-        return self.job
-
-    def _poll_job(self) -> None:
-        job = self.job
-        if job is None:
-            return
-        job.poll()
-        if job.kind == "train" and job.progress:
-            self.train_tab.show_progress(job.progress)
-        if job.result is None and job.error is None:
-            return
-        self._poll.stop()
-        self.job = None
-        self.train_tab.running(False)
-        self.detect_tab.running(False)
-        if job.error is not None:
-            self.say(
-                f"{job.kind} failed: {job.error}" if "cancel" not in job.error else job.error,
-                error="cancel" not in job.error,
-            )
-            return
-        try:
-            self._on_job_result(job.result)
-        except FILE_ERRORS as exc:
-            self.say(f"{job.kind}: {exc}", error=True)
-
-    def cancel_job(self) -> None:
-        if self.job is not None:
-            self.job.cancel()
+    @property
+    def job(self) -> Job | None:
+        return self.work.job
 
     def show_samples(self, out_dir: str | Path | None = None) -> Job | None:
-        """Gallery of the normalised chips the trainer will see, beside the scene."""
-        from geodetect.plugin._gallery import add_gallery
+        return self.work.show_samples(out_dir)
 
-        out = Path(out_dir or tempfile.mkdtemp(prefix="geodetect-samples-"))
-        labels = self.save_labels(out / "labels.gpkg") if self.ensure_label_layers() else None
-        if labels is None:
-            return None
-        params = {
-            "images": self.images(),
-            "labels": str(labels),
-            "clouds": self.clouds(),
-            "out_dir": str(out),
-        }
-        return self.run_job("samples", params, lambda r: add_gallery(self, r), "making samples…")
+    def start_training(self, out_dir=None, overrides: dict | None = None) -> Job | None:
+        return self.work.start_training(out_dir, overrides)
 
-    def start_training(
-        self, out_dir: str | Path | None = None, overrides: dict | None = None
-    ) -> Job | None:
-        """Save the labels and train in a child process (progress, loss, Cancel kills it)."""
-        if not self.ensure_label_layers():
-            return None
-        images = self.images()
-        out = Path(
-            out_dir or self.train_tab.out.text() or Path(images[0]).parent / "geodetect_model"
-        )
-        out.mkdir(parents=True, exist_ok=True)
-        labels = self.save_labels(out / "labels.gpkg")
-        if labels is None:
-            return None
-        overrides = {"train.epochs": self.train_tab.epochs.value(), **(overrides or {})}
-        # Warm start: pass init=self.model_path once `geodetect train --init` exists.
-        params = train_params(images, labels, out, self.clouds(), overrides)
-        return self.run_job("train", params, self._trained, "training…")
+    def run_detection(self, region: bool = False, model=None) -> Job | None:
+        return self.work.run_detection(region, model)
 
-    def _trained(self, result: dict) -> None:
-        self.model_path = Path(result["model"])
-        self.detect_tab.model.setText(str(self.model_path))
-        self.say(f"trained {self.model_path.name}; now Detect (tab) and review")
+    def cancel_job(self) -> None:
+        self.work.cancel_job()
 
     def visible_region(self) -> dict | None:
-        """The scene's visible part {"bounds": (left, bottom, right, top), "crs": WKT} from the
-        layer's public `corner_pixels` (data index of the canvas corners, at the shown level)."""
-        from affine import Affine
-
-        from geodetect.plugin._coords import pixel_to_map
-
-        layer = next(
-            (ly for ly in self.scene_layers() if ly.metadata[KEY]["path"] == self.images()[0]), None
-        )
-        if layer is None:
-            return None
-        corners = np.asarray(layer.corner_pixels, np.float64)[:, -2:]
-        if layer.multiscale:
-            corners = corners * np.asarray(layer.downsample_factors[layer.data_level])[-2:]
-        (r0, c0), (r1, c1) = corners
-        meta = layer.metadata[KEY]
-        px = np.array([[c0, r0], [c1 + 1, r0], [c1 + 1, r1 + 1], [c0, r1 + 1]])
-        xy = pixel_to_map(px, Affine(*meta["transform"]))
-        bounds = (*xy.min(axis=0), *xy.max(axis=0))
-        return {"bounds": [float(v) for v in bounds], "crs": meta.get("crs")}
-
-    def run_detection(self, region: bool = False, model: str | Path | None = None) -> Job | None:
-        """Detect over the scene (or the visible part) with the CLI's code, in a child process."""
-        model = model or self.detect_tab.model.text() or self.model_path
-        if not model:
-            self.say("train or choose a model first", error=True)
-            return None
-        if not self.ensure_label_layers():
-            return None
-        out = Path(tempfile.mkdtemp(prefix="geodetect-detect-")) / "detections.gpkg"
-        params = {
-            "model": str(model),
-            "image": self.images()[0],
-            "clouds": self.clouds(),
-            "threshold": float(self.detect_tab.threshold.value()),
-            "region": self.visible_region() if region else None,
-            "out": str(out),
-        }
-        return self.run_job("detect", params, self._detected, "detecting…")
-
-    def _detected(self, result: dict) -> None:
-        from geodetect.labels import read_vector
-
-        self.show_detections(read_vector(result["detections"]))
+        return self.work.visible_region()
 
     def show_detections(self, gdf) -> None:
         """Detections for review (coloured by score, heading arrows); undo brings back the
