@@ -35,6 +35,7 @@ def train_params(
     clouds: Sequence[str] | None = None,
     overrides: dict[str, Any] | None = None,
     init: str | Path | None = None,
+    config: str | Path | None = None,
 ) -> dict:
     """The one place that builds a training job. `init` (a previous model.pt) is for the
     warm start `geodetect train --init`; it is passed on only once the trainer accepts it."""
@@ -44,6 +45,7 @@ def train_params(
         "out_dir": str(out_dir),
         "clouds": [str(c) for c in clouds] if clouds else None,
         "overrides": dict(overrides or {}),
+        "config": str(config) if config else None,
     }
     if init is not None:
         params["init"] = str(init)
@@ -173,7 +175,7 @@ def _train(p: dict, emit: _Emitter) -> dict:
     from geodetect.config import load_config
     from geodetect.train import train
 
-    config = load_config(None, p.get("overrides") or {})
+    config = load_config(p.get("config"), p.get("overrides") or {})
     kwargs = {"init": p["init"]} if p.get("init") else {}
     model = train(
         images=p["images"],
@@ -262,12 +264,12 @@ def _samples(p: dict, emit: _Emitter) -> dict:
         images=p["images"],
         labels=p["labels"],
         pointclouds=p.get("clouds"),
-        config=load_config(None, p.get("overrides") or {}),
+        config=load_config(p.get("config"), p.get("overrides") or {}),
         out_dir=out,
     )
     mosaic, info = gallery_from_index(index, int(p.get("max_chips", 64)))
     path = out / "gallery.npy"
-    np.save(path, mosaic)
+    np.save(path, (np.clip(mosaic, 0, 1) * 255).astype(np.uint8))  # napari shows uint8 fastest
     return {"mosaic": str(path), **info}
 
 

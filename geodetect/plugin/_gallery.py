@@ -97,6 +97,7 @@ def add_gallery(dock, result: dict):
         mosaic,
         name=name,
         rgb=mosaic.ndim == 3,
+        contrast_limits=(0, 255),
         scale=(res, res),
         translate=(row0, col0 + width * 1.05),
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from qtpy.QtCore import QTimer
 
 from geodetect.plugin import _label_layer as ll
 from geodetect.plugin._model import LabelModel, LabelState, Shapes
@@ -21,7 +22,7 @@ STYLE = {
     ll.NEGATIVES: {"face_color": [1, 0, 0, 0.2], "edge_color": "red"},
     ll.DETECTIONS: {"face_color": [0, 0, 0, 0], "edge_color": "cyan"},
 }
-ARROWS = {ll.HEADINGS: ("positives", "orange"), ll.DETECTION_HEADINGS: ("detections", "cyan")}
+ARROWS = {ll.HEADINGS: ("positives", "orange")}
 
 
 class LabelLayers:
@@ -33,6 +34,8 @@ class LabelLayers:
         self.current_class = current_class
         self.tool = "pan"
         self._quiet = False
+        self._recoloured = False
+        self._from_layer: str | None = None
         self._shown: dict[str, Shapes] = {}
         self.layers = {}
         for name in (ll.NEGATIVES, ll.POSITIVES, ll.DETECTIONS):
@@ -82,14 +85,18 @@ class LabelLayers:
 
     def show(self, state: LabelState, changed: set[str]) -> None:
         kinds = {"positives": ll.POSITIVES, "negatives": ll.NEGATIVES, "detections": ll.DETECTIONS}
+        self._recoloured = False
         for kind, name in kinds.items():
-            if kind in changed:
+            if kind in changed and kind == self._from_layer:
+                # napari is still inside the edit (e.g. finishing a polygon): writing the
+                # layer now re-enters it, so write once the event loop is back
+                QTimer.singleShot(0, lambda k=kind: self._resync(k))
+            elif kind in changed:
                 self._apply(self.layers[name], self._shown.get(kind), getattr(state, kind))
                 self._shown[kind] = getattr(state, kind)
         if changed & {"positives", "classes"}:
             self.layers[ll.HEADINGS].data = self.model.heading_arrows("positives")
-        if "detections" in changed:
-            self.layers[ll.DETECTION_HEADINGS].data = self.model.heading_arrows("detections")
+        if "detections" in changed and self._recoloured:
             det = self.layers[ll.DETECTIONS]
             if len(det.data):
                 det.edge_color = "score"
@@ -98,6 +105,12 @@ class LabelLayers:
         pos = self.layers[ll.POSITIVES]
         defaults = {c: np.nan for c in ["heading_deg", *ll.BOX_COLS]}
         pos.feature_defaults = {"class": self.current_class(), **defaults}
+
+    def _resync(self, kind: str) -> None:
+        new = getattr(self.model.state, kind)
+        if self._shown.get(kind) is not new:
+            self._apply(self.layers[kind], None, new)
+            self._shown[kind] = new
 
     def _apply(self, layer, old: Shapes | None, new: Shapes) -> None:
         """Write `new` into the layer, by appending or removing shapes when that is the edit."""
@@ -111,6 +124,7 @@ class LabelLayers:
                 layer.selected_data = set(gone)
                 layer.remove_selected()
             elif old is None or not _same(old.data, new.data):
+                self._recoloured = True  # new shapes: colour by score again
                 layer.data = []
                 if len(new):
                     layer.add_polygons(list(new.data))
@@ -130,13 +144,23 @@ class LabelLayers:
         if self._settled(event):
             layer = self.layers[ll.POSITIVES]
             self._shown.pop("positives", None)  # the layer no longer shows the model's shapes
-            self.model.positives_from_layer(list(layer.data), layer.features, self.current_class())
+            self._from_layer = "positives"
+            try:
+                self.model.positives_from_layer(
+                    list(layer.data), layer.features, self.current_class()
+                )
+            finally:
+                self._from_layer = None
 
     def _on_negatives_edited(self, event=None) -> None:
         if self._settled(event):
             layer = self.layers[ll.NEGATIVES]
             self._shown.pop("negatives", None)
-            self.model.negatives_from_layer(list(layer.data), layer.features)
+            self._from_layer = "negatives"
+            try:
+                self.model.negatives_from_layer(list(layer.data), layer.features)
+            finally:
+                self._from_layer = None
 
     # ---------------------------------------------------------------------- tools and keys
 

@@ -181,8 +181,11 @@ class LabelModel:
         return len(self.state.positives) - 1
 
     def positive_boxes(self, which: Shapes | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Map-frame boxes and headings. Every shape in a state was made from its features'
+        exact box (layer edits are re-measured on the way in), so read those: vectorised,
+        and fast enough for a thousand detections per keypress."""
         p = self.state.positives if which is None else which
-        return ll.positive_boxes(list(p.data), p.features, self.frame)
+        return _feature_boxes(p, self.frame)
 
     def edit_positives(self, idx, edit) -> None:
         """Apply `edit(boxes, headings) -> (boxes, headings)` to the positives at `idx`."""
@@ -205,9 +208,7 @@ class LabelModel:
         """Adopt the positives layer after a napari edit: every shape back to a clean
         4-corner rectangle with class, heading and exact box."""
         shapes = [_rect4(np.asarray(d, np.float64)[:, -2:], self.frame) for d in data]
-        feats = features.reset_index(drop=True).copy()
-        if "class" not in feats:
-            feats["class"] = default_class
+        feats = _rows(features, len(data), {"class": default_class})
         feats["class"] = [c if isinstance(c, str) and c else default_class for c in feats["class"]]
         boxes, heads = ll.positive_boxes(shapes, feats, self.frame)
         feats = ll.with_boxes(feats, boxes, heads)
@@ -226,7 +227,7 @@ class LabelModel:
     def negatives_from_layer(self, data: list, features: pd.DataFrame) -> None:
         """Adopt the negatives layer after a napari edit; shapes of under 3 vertices (a stray
         click) are dropped, so the label file is always valid."""
-        feats = features.reset_index(drop=True)
+        feats = _rows(features, len(data), {"wkb": None})
         keep = [i for i, d in enumerate(data) if len(np.unique(np.asarray(d)[:, -2:], axis=0)) >= 3]
         shapes = [np.asarray(data[i], np.float64)[:, -2:] for i in keep]
         feats = feats.iloc[keep].reset_index(drop=True)
@@ -237,7 +238,12 @@ class LabelModel:
     # ---------------------------------------------------------------------- detections
 
     def set_detections(self, gdf) -> int:
-        data, feats = ll.detections_to_layers(gdf, self.frame)
+        """Detections to review; a fronted one is drawn with a nose on its front edge (one
+        layer, no arrow layer to rebuild on every accept)."""
+        _, feats = ll.detections_to_layers(gdf, self.frame)
+        data = _nosed_shapes(
+            *_feature_boxes(Shapes((None,) * len(feats), feats), self.frame), self.frame
+        )
         s = self.state
         self.commit(
             replace(
@@ -253,7 +259,7 @@ class LabelModel:
             return 0, 0
         s = self.state
         taken = s.detections.take(idx)
-        boxes, heads = ll.positive_boxes(list(taken.data), taken.features, self.frame)
+        boxes, heads = _feature_boxes(taken, self.frame)
         have, _ = self.positive_boxes()
         keep: list[int] = []
         for i in range(len(boxes)):
@@ -283,7 +289,7 @@ class LabelModel:
             return 0
         s = self.state
         taken = s.detections.take(idx)
-        boxes, heads = ll.positive_boxes(list(taken.data), taken.features, self.frame)
+        boxes, heads = _feature_boxes(taken, self.frame)
         corners = ll.rectangle_corners(boxes, heads, self.frame)
         shapes, feats = ll.negative_shapes([Polygon(c) for c in corners], self.frame)
         negatives = s.negatives.plus(Shapes(tuple(shapes), feats))
@@ -350,10 +356,47 @@ class LabelModel:
         p = getattr(self.state, which)
         if not len(p):
             return np.zeros((0, 2, 2))
-        boxes, heads = ll.positive_boxes(list(p.data), p.features, self.frame)
+        boxes, heads = _feature_boxes(p, self.frame)
         front = self.state.has_front
         fronted = np.array([front.get(str(c), which == "detections") for c in p.features["class"]])
         return ll.heading_vectors(boxes, np.where(fronted, heads, np.nan), self.frame)
+
+
+def _rows(features: pd.DataFrame, n: int, defaults: dict) -> pd.DataFrame:
+    """A layer's features as n rows: napari sends the data event of a new shape before its
+    features row exists."""
+    feats = features.reset_index(drop=True).iloc[:n].copy()
+    for col, value in defaults.items():
+        if col not in feats:
+            feats[col] = pd.Series([value] * len(feats), dtype=object)
+    if len(feats) < n:
+        extra = pd.DataFrame({c: [v] * (n - len(feats)) for c, v in defaults.items()})
+        feats = pd.concat([feats, extra], ignore_index=True)
+    return feats
+
+
+def _feature_boxes(p: Shapes, frame: ll.LabelFrame) -> tuple[np.ndarray, np.ndarray]:
+    feats = p.features
+    if len(p) and set(ll.BOX_COLS) <= set(feats.columns):
+        boxes = feats[ll.BOX_COLS].to_numpy(np.float64)
+        if np.isfinite(boxes).all():
+            return boxes, pd.to_numeric(feats["heading_deg"], errors="coerce").to_numpy(np.float64)
+    return (
+        ll.positive_boxes(list(p.data), feats, frame) if len(p) else (np.zeros((0, 5)), np.zeros(0))
+    )
+
+
+def _nosed_shapes(boxes: np.ndarray, heads: np.ndarray, frame: ll.LabelFrame) -> list:
+    """Shapes FL, nose, FR, BR, BL (data coords); no nose without a heading."""
+    corners = ll.rectangle_corners(boxes, heads, frame)
+    shapes = []
+    for c, h in zip(corners, heads, strict=True):
+        if np.isfinite(h):
+            mid = (c[0] + c[1]) / 2
+            nose = mid + (mid - c.mean(axis=0)) * 0.35
+            c = np.array([c[0], nose, c[1], c[2], c[3]])
+        shapes.append(frame.to_data(c))
+    return shapes
 
 
 def drag_box(back_map, front_map, width: float | None, ratio: float) -> tuple[np.ndarray, float]:

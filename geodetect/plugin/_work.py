@@ -109,25 +109,30 @@ class Work(QObject):
             "clouds": self.clouds(),
             "out_dir": str(out),
         }
-        return self.run_job("samples", params, lambda r: add_gallery(self, r), "making samples…")
+        show = lambda r: add_gallery(self.dock, r)  # noqa: E731
+        return self.run_job("samples", params, show, "making samples…")
 
     def start_training(
         self, out_dir: str | Path | None = None, overrides: dict | None = None
     ) -> Job | None:
-        """Save the labels and train in a child process (progress, loss, Cancel kills it)."""
+        """Save the labels and train in a child process (progress, loss, Cancel kills it).
+
+        Each run gets its own folder `<output>/run-NNN` (labels.gpkg, model.pt), so a retrain
+        never writes over the model it may start from."""
         if not self.dock.ensure_label_layers():
             return None
         images = self.images()
-        out = Path(
-            out_dir or self.dock.train_tab.out.text() or Path(images[0]).parent / "geodetect_model"
-        )
+        tab = self.dock.train_tab
+        root = Path(out_dir or tab.out.text() or Path(images[0]).parent / "geodetect_model")
+        out = next_run(root)
         out.mkdir(parents=True, exist_ok=True)
         labels = self.dock.save_labels(out / "labels.gpkg")
         if labels is None:
             return None
-        overrides = {"train.epochs": self.dock.train_tab.epochs.value(), **(overrides or {})}
-        # Warm start: pass init=self.dock.model_path once `geodetect train --init` exists.
-        params = train_params(images, labels, out, self.clouds(), overrides)
+        overrides = {"train.epochs": tab.epochs.value(), **(overrides or {})}
+        config = tab.config.text().strip() or None
+        # Warm start: add init=self.dock.model_path once `geodetect train --init` exists.
+        params = train_params(images, labels, out, self.clouds(), overrides, config=config)
         return self.run_job("train", params, self._trained, "training…")
 
     def _trained(self, result: dict) -> None:
@@ -181,3 +186,11 @@ class Work(QObject):
         from geodetect.labels import read_vector
 
         self.dock.show_detections(read_vector(result["detections"]))
+
+
+def next_run(root: Path) -> Path:
+    """The first unused `root/run-NNN`."""
+    n = 1
+    while (root / f"run-{n:03d}").exists():
+        n += 1
+    return root / f"run-{n:03d}"
