@@ -98,7 +98,7 @@ def test_large_scene_is_lazy_multiscale(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_cloud_layers_line_up_with_the_scene(sample_small) -> None:
-    """Points at world (z, −y, x); DSM/nDSM on the sibling scene's grid."""
+    """Points at world (−y, x), height as a feature; DSM/nDSM on the sibling scene's grid."""
     from geodetect.pointcloud import read_points
     from geodetect.raster import open_raster
 
@@ -113,10 +113,31 @@ def test_cloud_layers_line_up_with_the_scene(sample_small) -> None:
     np.testing.assert_allclose(kw["translate"], scene["translate"])
     pts, kw, _ = layers[2]
     xyz = read_points(sample_small.cloud, max_points=rd.DISPLAY_POINTS)["xyz"]
+    assert pts.shape[1] == 2  # 2-D: no z slider that shows a 1 m slice (issue 12.12)
     world = pts + np.asarray(kw["translate"])
-    np.testing.assert_allclose(world[:, 0], xyz[:, 2], atol=1e-6)
-    np.testing.assert_allclose(world[:, 1:], co.map_to_world(xyz[:, :2], True), atol=1e-6)
-    assert np.abs(pts[:, 1:]).max() < 1e4  # small data coordinates: float32 GPU buffers
+    np.testing.assert_allclose(world, co.map_to_world(xyz[:, :2], True), atol=1e-6)
+    np.testing.assert_allclose(kw["features"]["z"], xyz[:, 2])
+    assert np.abs(pts).max() < 1e4  # small data coordinates: float32 GPU buffers
+
+
+@pytest.mark.gui
+def test_cloud_dems_land_on_the_open_scene_grid(make_napari_viewer, sample_small, tmp_path) -> None:
+    """Issue 12.12: without a same-named scene the DSM/nDSM had their own 0.87 m grid."""
+    import shutil
+
+    from geodetect.raster import open_raster
+
+    image = Path(shutil.copy(sample_small.image, tmp_path / "ortho.tif"))
+    cloud = Path(shutil.copy(sample_small.cloud, tmp_path / "lidar.laz"))
+    viewer = make_napari_viewer()
+    viewer.open(str(image), plugin="geodetect")
+    viewer.open(str(cloud), plugin="geodetect")
+    grid = open_raster(image).grid
+    dsm = viewer.layers["lidar DSM"]
+    assert dsm.data.shape == (grid.height, grid.width)
+    np.testing.assert_allclose(dsm.translate, viewer.layers["ortho"].translate)
+    np.testing.assert_allclose(dsm.scale, viewer.layers["ortho"].scale)
+    assert viewer.dims.ndim == 2
 
 
 def test_manifest_validates_and_imports() -> None:

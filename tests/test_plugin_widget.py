@@ -31,7 +31,7 @@ def scene(sample_small, tmp_path: Path) -> SimpleNamespace:
 
 @pytest.fixture
 def dock(make_napari_viewer, scene):
-    from geodetect.plugin._widgets import GeodetectWidget
+    from geodetect.plugin._dock import GeodetectWidget
 
     viewer = make_napari_viewer()
     viewer.open(str(scene.image), plugin="geodetect")
@@ -126,7 +126,7 @@ def test_keys_rotate_flip_widen_and_undo(dock) -> None:
 
 def test_drag_draws_a_positive(dock) -> None:
     """The drag callback (mouse press, moves, release) adds one fronted rectangle."""
-    dock.set_draw_mode(True)
+    dock.set_tool("positive")
     assert not dock.viewer.camera.mouse_pan
     back, front = _world(dock, [[10.0, 10.0], [30.0, 10.0]])  # towards east
     event = SimpleNamespace(position=tuple(back), type="mouse_press")
@@ -140,7 +140,7 @@ def test_drag_draws_a_positive(dock) -> None:
     f = dock.layer(ll.POSITIVES).features.iloc[0]
     assert f["heading_deg"] == pytest.approx(90.0)
     assert f["length"] == pytest.approx(20 * 0.25)
-    dock.set_draw_mode(False)
+    dock.set_tool("pan")
     assert dock.viewer.camera.mouse_pan
 
 
@@ -188,7 +188,8 @@ def test_negative_with_hole_round_trips(dock, scene, tmp_path: Path) -> None:
 
 
 def test_autosave_and_restore(dock, scene, qtbot, make_napari_viewer) -> None:
-    from geodetect.plugin._widgets import GeodetectWidget, autosave_path
+    from geodetect.plugin._dock import GeodetectWidget
+    from geodetect.plugin._model import autosave_path
 
     side = autosave_path(scene.image)
     dock.add_positive(*_world(dock, [[20.0, 20.0], [20.0, 40.0]]), cls="vehicle")
@@ -223,7 +224,7 @@ def test_accept_and_reject_detections(dock) -> None:
     )
     dock.show_detections(gdf)
     det = dock.layer(ll.DETECTIONS)
-    assert len(det.data) == 3 and len(dock.layer(ll.DETECTION_HEADINGS).data) == 3
+    assert len(det.data) == 3 and [len(d) for d in det.data] == [5, 5, 5]  # nosed: fronted
     det.selected_data = {0}
     assert dock.accept_selected() == 1
     det.selected_data = {1}  # originally the third

@@ -1,4 +1,8 @@
-"""The `geodetect samples` chips as one mosaic image: what the network will see."""
+"""The `geodetect samples` chips as one mosaic image: what the network will see.
+
+Numpy only (runs in the samples job's child process). Chips are taken evenly from the
+positives and the negatives, so both show even when one kind has hundreds.
+"""
 
 from __future__ import annotations
 
@@ -10,41 +14,39 @@ import numpy as np
 GAP = 4  # pixels between chips
 
 
-def samples_gallery(images, labels, clouds, out_dir: Path, max_chips: int = 64):
-    """(mosaic (H, W[, 3]) float32, image-layer kwargs): positives first, then negatives."""
+def gallery_from_index(index: str | Path, max_chips: int = 64) -> tuple[np.ndarray, dict]:
+    """(mosaic (H, W[, 3]) float32, info): up to `max_chips` chips, half positives (first
+    rows), half negatives, each kind spread over its whole list."""
     import pandas as pd
 
-    from geodetect.config import load_config
-    from geodetect.samples import write_samples
-
-    index = Path(
-        write_samples(
-            images=images,
-            labels=labels,
-            pointclouds=clouds,
-            config=load_config(None),
-            out_dir=out_dir,
-        )
-    )
+    index = Path(index)
     table = pd.read_csv(index)
-    col = next(c for c in ("path", "file", "chip", "filename") if c in table.columns)
-    kind = next((c for c in ("label", "kind", "type") if c in table.columns), None)
-    if kind is not None:
-        table = table.sort_values(kind, key=lambda s: s.astype(str) != "positive", kind="stable")
-    chips = [_load_chip(index.parent / p) for p in table[col].head(max_chips)]
-    mosaic = _mosaic(chips)
-    n_pos = int((table[kind].astype(str) == "positive").sum()) if kind else len(table)
-    name = f"samples ({n_pos} positive, {len(table) - n_pos} negative chips)"
-    return mosaic, {"name": name, "rgb": mosaic.ndim == 3}
+    kinds = table["label"].astype(str)
+    pos, neg = table[kinds == "positive"], table[kinds == "negative"]
+    n_neg = min(len(neg), max(max_chips // 2, max_chips - len(pos)))
+    n_pos = min(len(pos), max_chips - n_neg)
+    chosen = [*_spread(pos, n_pos)["path"], *_spread(neg, n_neg)["path"]]
+    mosaic = _mosaic([_load_chip(index.parent / p) for p in chosen])
+    info = {
+        "positives": len(pos),
+        "negatives": len(neg),
+        "shown_positives": n_pos,
+        "shown_negatives": n_neg,
+        "name": f"samples ({len(pos)} positive, {len(neg)} negative chips)",
+    }
+    return mosaic, info
+
+
+def _spread(table, n: int):
+    if n <= 0 or len(table) == 0:
+        return table.iloc[:0]
+    return table.iloc[np.linspace(0, len(table) - 1, n).round().astype(int)]
 
 
 def _load_chip(path: Path) -> np.ndarray:
     """A chip as HW or HWC float32 in [0, 1] for display (first three channels)."""
     if path.suffix == ".npy":
         a = np.load(path).astype(np.float32)
-    elif path.suffix == ".npz":
-        with np.load(path) as z:
-            a = z[z.files[0]].astype(np.float32)
     else:
         from PIL import Image
 
@@ -74,3 +76,31 @@ def _mosaic(chips: list[np.ndarray]) -> np.ndarray:
             r * (h + GAP) : r * (h + GAP) + c.shape[0], q * (w + GAP) : q * (w + GAP) + c.shape[1]
         ] = c
     return out
+
+
+def add_gallery(dock, result: dict):
+    """The samples job's mosaic as an image layer just right of the scene, at its pixel size,
+    and the view reset to show both."""
+    from affine import Affine
+
+    from geodetect.plugin._coords import world_origin
+
+    mosaic = np.load(result["mosaic"])
+    meta = dock.scene_meta() or {}
+    transform = Affine(*meta.get("transform", (1, 0, 0, 0, 1, 0)))
+    georef = meta.get("crs") is not None
+    res = abs(transform.a) or 1.0
+    row0, col0 = world_origin(transform, georef)
+    width = meta.get("shape", (0, 0))[1] * res
+    name = f"{result['name']}; shown {result['shown_positives']} + {result['shown_negatives']}"
+    layer = dock.viewer.add_image(
+        mosaic,
+        name=name,
+        rgb=mosaic.ndim == 3,
+        contrast_limits=(0, 255),
+        scale=(res, res),
+        translate=(row0, col0 + width * 1.05),
+    )
+    dock.viewer.reset_view()
+    dock.say(name)
+    return layer

@@ -199,14 +199,40 @@ def _scene_meta(path: str, grid, kind: str) -> dict:
 # ------------------------------------------------------------------------------ clouds
 
 
+def open_scene_grid(crs) -> object | None:
+    """The grid of a scene already open in the current napari viewer, in the cloud's CRS
+    (the reader hook gets no viewer; napari's current one is the one opening the file)."""
+    try:
+        import napari
+        from rasterio.crs import CRS
+
+        from geodetect.raster import Grid
+
+        viewer = napari.current_viewer()
+        for layer in viewer.layers if viewer is not None else []:
+            meta = layer.metadata.get(KEY, {})
+            if meta.get("kind") != "scene" or (meta.get("crs") is None) != (crs is None):
+                continue
+            scene_crs = CRS.from_wkt(meta["crs"]) if meta.get("crs") else None
+            if crs is None or scene_crs == crs:
+                h, w = meta["shape"]
+                return Grid(scene_crs, Affine(*meta["transform"]), w, h)
+    except Exception:  # noqa: BLE001 - a reader never raises; fall back to the cloud's grid
+        return None
+    return None
+
+
 def cloud_grid_for(path: str):
-    """The grid a cloud's DSM/nDSM is drawn on: its sibling scene's (same stem) when there is
-    one, so the elevation lines up pixel for pixel; else a north-up grid at about twice the
-    mean point spacing."""
+    """The grid a cloud's DSM/nDSM is drawn on, so the elevation lines up pixel for pixel with
+    what one labels: an open scene's in the same CRS, else its sibling scene's (same stem),
+    else a north-up grid at about twice the mean point spacing."""
     from geodetect.pointcloud import cloud_grid, open_cloud
     from geodetect.raster import open_raster
 
     info = open_cloud(path)
+    grid = open_scene_grid(info.crs)
+    if grid is not None:
+        return info, grid
     p = Path(path)
     for suffix in (".tif", ".tiff"):
         sibling = p.with_suffix(suffix)
@@ -224,7 +250,7 @@ def cloud_grid_for(path: str):
 
 
 def cloud_layers(path: str) -> list[LayerData]:
-    """A 3-D points layer (thinned, coloured by height) and nDSM + DSM images on one grid."""
+    """A points layer (thinned, coloured by height) and nDSM + DSM images on one grid."""
     from geodetect.pointcloud import rasterize_cloud, read_points
 
     info, grid = cloud_grid_for(path)
@@ -250,19 +276,19 @@ def cloud_layers(path: str) -> list[LayerData]:
         )
     pts = read_points(path, max_points=DISPLAY_POINTS)
     origin = world_origin(grid.transform, georef)
-    rc = map_to_world(pts["xyz"][:, :2], georef) - np.asarray(origin)
+    # 2-D points (height as colour): a 3-D layer put a z slider in the 2-D view that showed
+    # only a 1 m slice of the cloud
+    data = map_to_world(pts["xyz"][:, :2], georef) - np.asarray(origin)
     z = pts["xyz"][:, 2]
-    data = np.column_stack([z - info.zrange[0], rc])
     features = {"z": z, "classification": pts["classification"].astype(int)}
     kwargs = {
         "name": f"{stem} points",
-        "translate": (info.zrange[0], *origin),
+        "translate": origin,
         "size": 2.0 * grid.res[0],
         "border_width": 0,
         "features": features,
         "face_color": "z",
         "face_colormap": "viridis",
-        "projection_mode": "all",
         "metadata": {
             KEY: {**_scene_meta(path, grid, "cloud"), "cloud": str(path), "rgb": pts.get("rgb")}
         },

@@ -10,43 +10,67 @@ from geodetect.plugin import _label_layer as ll
 from geodetect.plugin._coords import KEY
 
 
-def write_labels(path: str, layer_data: list[tuple]) -> list[str]:
-    """Write the plugin's label layers to `path` (format by extension); [] when there are none.
+def _frame_of(info: dict) -> ll.LabelFrame:
+    return ll.LabelFrame(
+        info["crs"] is not None,
+        info["crs"],
+        tuple(info["translate"]),
+        info.get("image"),
+        info.get("path"),
+    )
 
-    Only layers the plugin created (metadata carries their frame) are written, so the CRS and
+
+def frame_from_layer_data(layer_data: list[tuple]):
+    """The label table of the plugin's label layers given as (data, meta, type); None if none.
+
+    Only layers the plugin made (their metadata carries the frame) count, so the CRS and
     offsets are known; a class has a front when any of its positives carries a heading.
+    Negatives of under 3 distinct vertices (an unfinished click) are left out.
     """
-    from geodetect.labels import write_vector
-
     pos, neg, frame, neg_feats = [], [], None, None
     feats = pd.DataFrame({"class": [], "heading_deg": []})
     for data, meta, layer_type in layer_data:
         info = (meta.get("metadata") or {}).get(KEY, {})
         if layer_type != "shapes" or info.get("kind") not in (ll.POSITIVES, ll.NEGATIVES):
             continue
-        frame = frame or ll.LabelFrame(
-            info["crs"] is not None,
-            info["crs"],
-            tuple(info["translate"]),
-            info.get("image"),
-            info.get("path"),
-        )
+        frame = frame or _frame_of(info)
         if info["kind"] == ll.POSITIVES:
             pos = list(data)
             feats = pd.DataFrame(meta.get("features", feats))
         else:
-            neg = list(data)
-            neg_feats = pd.DataFrame(meta.get("features", {}))
+            ok = [i for i, d in enumerate(data) if len(np.unique(np.asarray(d), axis=0)) >= 3]
+            neg = [data[i] for i in ok]
+            nf = pd.DataFrame(meta.get("features", {}))
+            neg_feats = nf.iloc[ok].reset_index(drop=True) if len(nf) == len(data) else None
     if frame is None:
-        return []
+        return None
     has_front: dict[str, bool] = {}
     for c, h in zip(feats.get("class", []), feats.get("heading_deg", []), strict=False):
         has_front[str(c)] = has_front.get(str(c), False) or bool(np.isfinite(h))
+    return ll.layers_to_frame(pos, feats, neg, frame, has_front, neg_feats)
+
+
+def layers_frame(layers) -> object:
+    """The label table of the plugin's label layers in a napari layer list."""
+    return frame_from_layer_data([ly.as_layer_data_tuple() for ly in layers])
+
+
+def write_labels(path: str, layer_data: list[tuple]) -> list[str]:
+    """Write the plugin's label layers to `path` (format by extension); [] when there are none."""
     from geodetect.atomic import check_not_input
+    from geodetect.labels import write_vector
 
     try:
-        check_not_input(path, [frame.scene_path], "save")  # never over the scene itself
-        out = write_vector(ll.layers_to_frame(pos, feats, neg, frame, has_front, neg_feats), path)
+        gdf = frame_from_layer_data(layer_data)
+        if gdf is None:
+            return []
+        check_not_input(path, _scene_paths(layer_data), "save")  # never over the scene itself
+        return [str(write_vector(gdf, path))]
     except (GeodetectError, OSError, ValueError):
         return []
-    return [str(out)]
+
+
+def _scene_paths(layer_data: list[tuple]) -> list[str]:
+    """The scene files the label layers were drawn on (from the plugin's layer metadata)."""
+    infos = [(meta.get("metadata") or {}).get(KEY, {}) for _, meta, _ in layer_data]
+    return [str(i["path"]) for i in infos if i.get("path")]

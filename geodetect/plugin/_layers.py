@@ -1,0 +1,207 @@
+"""The napari side of a `LabelModel`: its layers, their edits, keys and the one active tool.
+
+The model is the truth; layers show it. A napari edit (move, delete, vertex drag, a finished
+polygon) is read back into the model as one undoable step; a model change is written to the
+layers with the smallest edit that does it (append or remove shapes), so accepting one of a
+thousand detections does not rebuild the layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from qtpy.QtCore import QTimer
+
+from geodetect.plugin import _label_layer as ll
+from geodetect.plugin._model import LabelModel, LabelState, Shapes
+
+TOOLS = ("pan", "positive", "negative", "edit", "review")
+STYLE = {
+    ll.POSITIVES: {"face_color": [1, 1, 0, 0.15], "edge_color": "yellow"},
+    ll.NEGATIVES: {"face_color": [1, 0, 0, 0.2], "edge_color": "red"},
+    ll.DETECTIONS: {"face_color": [0, 0, 0, 0], "edge_color": "cyan"},
+}
+ARROWS = {ll.HEADINGS: ("positives", "orange")}
+
+
+class LabelLayers:
+    """Creates the label layers for a model and keeps both in step."""
+
+    def __init__(self, viewer, model: LabelModel, current_class: Callable[[], str]):
+        self.viewer = viewer
+        self.model = model
+        self.current_class = current_class
+        self.tool = "pan"
+        self._quiet = False
+        self._recoloured = False
+        self._from_layer: str | None = None
+        self._shown: dict[str, Shapes] = {}
+        self.layers = {}
+        for name in (ll.NEGATIVES, ll.POSITIVES, ll.DETECTIONS):
+            self.layers[name] = self._shapes_layer(name)
+        for name, (_, color) in ARROWS.items():
+            self.layers[name] = self._vectors_layer(name, color)
+        self.layers[ll.POSITIVES].events.data.connect(self._on_positives_edited)
+        self.layers[ll.NEGATIVES].events.data.connect(self._on_negatives_edited)
+        model.listeners.append(self.show)
+        self.show(model.state, {"positives", "negatives", "detections", "classes"})
+
+    def _existing(self, name: str):
+        return self.viewer.layers[name] if name in self.viewer.layers else None
+
+    def _shapes_layer(self, name: str):
+        f = self.model.frame
+        layer = self._existing(name)
+        if layer is None:
+            layer = self.viewer.add_shapes(
+                None,
+                ndim=2,
+                name=name,
+                shape_type="polygon",
+                translate=f.translate,
+                metadata=f.meta(name),
+                edge_width=0.3,
+                **STYLE[name],
+            )
+        else:
+            layer.metadata = {**layer.metadata, **f.meta(name)}
+        return layer
+
+    def _vectors_layer(self, name: str, color: str):
+        layer = self._existing(name)
+        if layer is None:
+            layer = self.viewer.add_vectors(
+                np.zeros((0, 2, 2)),
+                name=name,
+                translate=self.model.frame.translate,
+                edge_color=color,
+                edge_width=0.4,
+                vector_style="arrow",
+            )
+        return layer
+
+    # ---------------------------------------------------------------------- model -> layers
+
+    def show(self, state: LabelState, changed: set[str]) -> None:
+        kinds = {"positives": ll.POSITIVES, "negatives": ll.NEGATIVES, "detections": ll.DETECTIONS}
+        self._recoloured = False
+        for kind, name in kinds.items():
+            if kind in changed and kind == self._from_layer:
+                # napari is still inside the edit (e.g. finishing a polygon): writing the
+                # layer now re-enters it, so write once the event loop is back
+                QTimer.singleShot(0, lambda k=kind: self._resync(k))
+            elif kind in changed:
+                self._apply(self.layers[name], self._shown.get(kind), getattr(state, kind))
+                self._shown[kind] = getattr(state, kind)
+        if changed & {"positives", "classes"}:
+            self.layers[ll.HEADINGS].data = self.model.heading_arrows("positives")
+        if "detections" in changed and self._recoloured:
+            det = self.layers[ll.DETECTIONS]
+            if len(det.data):
+                det.edge_color = "score"
+                det.edge_colormap = "plasma"
+                det.edge_contrast_limits = (0.0, 1.0)
+        pos = self.layers[ll.POSITIVES]
+        defaults = {c: np.nan for c in ["heading_deg", *ll.BOX_COLS]}
+        pos.feature_defaults = {"class": self.current_class(), **defaults}
+
+    def _resync(self, kind: str) -> None:
+        new = getattr(self.model.state, kind)
+        if self._shown.get(kind) is not new:
+            self._apply(self.layers[kind], None, new)
+            self._shown[kind] = new
+
+    def _apply(self, layer, old: Shapes | None, new: Shapes) -> None:
+        """Write `new` into the layer, by appending or removing shapes when that is the edit."""
+        self._quiet = True
+        try:
+            layer.selected_data = set()
+            gone = _removed(old, new) if old is not None else None
+            if old is not None and len(new) > len(old) and _same(new.data[: len(old)], old.data):
+                layer.add_polygons(list(new.data[len(old) :]))
+            elif gone:
+                layer.selected_data = set(gone)
+                layer.remove_selected()
+            elif old is None or not _same(old.data, new.data):
+                self._recoloured = True  # new shapes: colour by score again
+                layer.data = []
+                if len(new):
+                    layer.add_polygons(list(new.data))
+            layer.features = new.features.reset_index(drop=True)
+        finally:
+            self._quiet = False
+
+    # ---------------------------------------------------------------------- layers -> model
+
+    def _settled(self, event) -> bool:
+        """napari announces an edit before and after; act once, after."""
+        if self._quiet:
+            return False
+        return getattr(event, "action", None) not in ("adding", "removing", "changing")
+
+    def _on_positives_edited(self, event=None) -> None:
+        if self._settled(event):
+            layer = self.layers[ll.POSITIVES]
+            self._shown.pop("positives", None)  # the layer no longer shows the model's shapes
+            self._from_layer = "positives"
+            try:
+                self.model.positives_from_layer(
+                    list(layer.data), layer.features, self.current_class()
+                )
+            finally:
+                self._from_layer = None
+
+    def _on_negatives_edited(self, event=None) -> None:
+        if self._settled(event):
+            layer = self.layers[ll.NEGATIVES]
+            self._shown.pop("negatives", None)
+            self._from_layer = "negatives"
+            try:
+                self.model.negatives_from_layer(list(layer.data), layer.features)
+            finally:
+                self._from_layer = None
+
+    # ---------------------------------------------------------------------- tools and keys
+
+    def set_tool(self, tool: str) -> None:
+        """One active tool: every other label layer goes back to pan/zoom (a layer left in
+        add-polygon mode once grew stray negatives under positive drags)."""
+        if tool not in TOOLS:
+            raise ValueError(tool)
+        self.tool = tool
+        for name in (ll.POSITIVES, ll.NEGATIVES, ll.DETECTIONS):
+            self.layers[name].mode = "pan_zoom"
+        target = {
+            "negative": (ll.NEGATIVES, "add_polygon"),
+            "edit": (ll.POSITIVES, "select"),
+            "review": (ll.DETECTIONS, "select"),
+            "positive": (ll.POSITIVES, "pan_zoom"),
+        }.get(tool)
+        if target is not None:
+            layer = self.layers[target[0]]
+            self.viewer.layers.selection.active = layer
+            layer.mode = target[1]
+
+    def bind(self, name: str, key: str, func: Callable[[], object]) -> None:
+        self.layers[name].bind_key(key, lambda _layer: func(), overwrite=True)
+
+    def selected(self, name: str) -> list[int]:
+        return sorted(self.layers[name].selected_data)
+
+
+def _removed(old: Shapes, new: Shapes) -> list[int] | None:
+    """Indices of `old` that `new` lacks when `new` is `old` minus some shapes, else None."""
+    if len(new) >= len(old):
+        return None
+    gone, j = [], 0
+    for i, shape in enumerate(old.data):
+        if j < len(new) and new.data[j] is shape:
+            j += 1
+        else:
+            gone.append(i)
+    return gone if j == len(new) else None
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
