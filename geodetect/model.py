@@ -62,16 +62,32 @@ class Residual(nn.Module):
 
 
 class SmallBackbone(nn.Module):
-    """Five stride-2 stages; returns features at strides 4, 8, 16, 32."""
+    """Five stride-2 stages; returns features at strides 4, 8, 16, 32.
 
-    def __init__(self, cin: int, w: int):
+    `depth` adds that many extra residual blocks to each of the strides 8-32 stages (depth 1 is
+    the original network, so old model files load unchanged).
+    """
+
+    def __init__(self, cin: int, w: int, depth: int = 1):
         super().__init__()
+        extra = max(0, int(depth) - 1)
         self.channels = (2 * w, 4 * w, 8 * w, 8 * w)
         self.stem = ConvBN(cin, w, 3, 2)
         self.s4 = nn.Sequential(ConvBN(w, 2 * w, 3, 2), ConvBN(2 * w, 2 * w))
-        self.s8 = nn.Sequential(ConvBN(2 * w, 4 * w, 3, 2), Residual(4 * w))
-        self.s16 = nn.Sequential(ConvBN(4 * w, 8 * w, 3, 2), Residual(8 * w), Residual(8 * w, 2))
-        self.s32 = nn.Sequential(ConvBN(8 * w, 8 * w, 3, 2), Residual(8 * w, 2))
+        self.s8 = nn.Sequential(
+            ConvBN(2 * w, 4 * w, 3, 2), Residual(4 * w), *[Residual(4 * w) for _ in range(extra)]
+        )
+        self.s16 = nn.Sequential(
+            ConvBN(4 * w, 8 * w, 3, 2),
+            Residual(8 * w),
+            Residual(8 * w, 2),
+            *[Residual(8 * w, 2) for _ in range(extra)],
+        )
+        self.s32 = nn.Sequential(
+            ConvBN(8 * w, 8 * w, 3, 2),
+            Residual(8 * w, 2),
+            *[Residual(8 * w, 2) for _ in range(extra)],
+        )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         f4 = self.s4(self.stem(x))
@@ -92,7 +108,7 @@ class ResNetBackbone(nn.Module):
             state = _load_file(pretrained)
             state = state.get("state_dict", state) if isinstance(state, dict) else state
             try:
-                net.load_state_dict(state, strict=False)
+                net.load_state_dict(state, strict=True)
             except RuntimeError as exc:
                 raise ModelError(f"{pretrained}: not {name} weights ({_first_line(exc)})") from None
         if cin != 3:
@@ -122,7 +138,11 @@ class GeoNet(nn.Module):
         super().__init__()
         cin, k, w = int(arch["in_channels"]), int(arch["n_classes"]), int(arch["width"])
         if arch.get("backbone", "none") == "none":
-            self.backbone: nn.Module = SmallBackbone(cin, w)
+            self.backbone: nn.Module = SmallBackbone(cin, w, int(arch.get("depth", 1)))
+            if arch.get("pretrained"):
+                from geodetect.weights import load_backbone
+
+                load_backbone(self.backbone, arch["pretrained"], arch)
         else:
             self.backbone = ResNetBackbone(cin, arch["backbone"], arch.get("pretrained"))
         neck = 2 * w
@@ -163,12 +183,40 @@ def make_arch(in_channels: int, n_classes: int, model_cfg: Any) -> dict[str, Any
         "name": model_cfg.arch,
         "in_channels": int(in_channels),
         "n_classes": int(n_classes),
-        "width": int(model_cfg.width),
+        "width": int(model_cfg.capacity[0]),
+        "depth": int(model_cfg.capacity[1]),
         "backbone": model_cfg.backbone,
         "pretrained": None,  # weights live in the model file's state_dict
         "stride": STRIDE,
         "multiple": MULTIPLE,
     }
+
+
+# ------------------------------------------------------------------------------ round objects
+
+
+def round_boxes(boxes: np.ndarray) -> np.ndarray:
+    """Axis-aligned boxes of the ellipses inscribed in (rotated) boxes: [cx, cy, ny, ex, 0].
+
+    A class without orientation (tree crowns, tanks) is labelled with axis-aligned rectangles;
+    after a chip is rotated, the right target is the upright box of the rotated *object* (the
+    inscribed ellipse), not the rotated rectangle. Angle 0 with length = north-south extent
+    and width = east-west extent (length may be < width): the network then regresses the two
+    extents and never an angle.
+    """
+    b = np.asarray(boxes, np.float64).reshape(-1, 5)
+    a = np.radians(b[:, 4])
+    p, q = b[:, 2] / 2, b[:, 3] / 2
+    ex = np.hypot(p * np.sin(a), q * np.cos(a))
+    ey = np.hypot(p * np.cos(a), q * np.sin(a))
+    return np.stack([b[:, 0], b[:, 1], 2 * ey, 2 * ex, np.zeros(len(b))], 1)
+
+
+def snap_upright(boxes: np.ndarray) -> np.ndarray:
+    """Boxes with the angle rounded to 0 or 90 (axis-aligned, length >= width kept)."""
+    b = np.array(boxes, np.float64).reshape(-1, 5)
+    b[:, 4] = np.mod(np.round(b[:, 4] / 90.0) * 90.0, 180.0)
+    return b
 
 
 # ------------------------------------------------------------------------------ targets
@@ -292,12 +340,14 @@ def decode(
     has_front: list[bool],
     max_det: int = 500,
     stride: int = STRIDE,
+    upright: list[bool] | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """Peaks of the heatmap -> oriented boxes per image, in the input's pixel frame.
 
     Returns per image {"boxes" (M, 5), "scores", "classes", "headings" (NaN without a front)}.
     A front class's heading is snapped to the long axis (angle or angle + 180), whichever is
-    nearer the predicted heading vector, so box and heading always agree.
+    nearer the predicted heading vector, so box and heading always agree. Classes flagged in
+    `upright` (no orientation) come out axis-aligned (see `round_boxes`).
     """
     out = {k: v.detach() for k, v in out.items()}
     heat = torch.sigmoid(out["heatmap"].float())
@@ -328,10 +378,14 @@ def decode(
         flip = torch.cos(torch.deg2rad(pred_h - angle)) < 0
         heading = torch.remainder(angle + flip.float() * 180.0, 360.0)
         heading = torch.where(front[cls.cpu()].to(heading.device), heading, torch.nan)
-        boxes = torch.stack([cx, cy, length, width, angle], 1)
+        boxes = torch.stack([cx, cy, length, width, angle], 1).cpu().numpy().astype(np.float64)
+        if upright is not None and any(upright):
+            flat_cls = cls.cpu().numpy()
+            up = np.asarray(list(upright) + [False] * (k - len(upright)), bool)[flat_cls]
+            boxes[up] = snap_upright(boxes[up])
         results.append(
             {
-                "boxes": boxes.cpu().numpy().astype(np.float64),
+                "boxes": boxes,
                 "scores": scores.cpu().numpy().astype(np.float64),
                 "classes": cls.cpu().numpy().astype(np.int64),
                 "headings": heading.cpu().numpy().astype(np.float64),

@@ -23,7 +23,7 @@ from rasterio.windows import Window
 from geodetect import transforms
 from geodetect.config import Config
 from geodetect.errors import InputError, LabelError
-from geodetect.model import MULTIPLE, STRIDE, encode_targets
+from geodetect.model import MULTIPLE, STRIDE, encode_targets, round_boxes
 from geodetect.raster import Grid
 
 MAX_NEG_PATCHES_PER_POLYGON = 64
@@ -71,6 +71,7 @@ class Project:
     elevation: bool
     gsd: float
     config: Config
+    upright: list[bool] = field(default_factory=list)  # classes without orientation
 
     @property
     def in_channels(self) -> int:
@@ -160,6 +161,7 @@ def load_project(
         )
         for name in names
     ]
+    upright = _upright_classes(config.model.orientation_free, names, has_front, per_scene, labels)
     scenes = []
     for k, (info, grid, sl) in enumerate(per_scene):
         stats = transforms.scene_stats(info.path, bands, config, config.data.stats_pixels)
@@ -171,7 +173,44 @@ def load_project(
         scenes.append(
             Scene(info.path, grid, sl.boxes, cls, heads, list(sl.negatives), stats, cloud)
         )
-    return Project(scenes, names, has_front, bands, elevation, gsd, config)
+    return Project(scenes, names, has_front, bands, elevation, gsd, config, upright)
+
+
+UPRIGHT_TOL_DEG = 1.0  # an axis-aligned label reprojected between UTM zones turns < 1 degree
+
+
+def _upright_classes(
+    setting: Any, names: list[str], has_front: list[bool], per_scene: list, labels: str
+) -> list[bool]:
+    """Which classes have no orientation: declared by name, or (auto) every class without a
+    front whose positives are all axis-aligned rectangles, as round objects are drawn."""
+    if setting != "auto":
+        unknown = [c for c in setting if c not in names]
+        if unknown:
+            raise LabelError(
+                f"model.orientation_free names class '{unknown[0]}', which has no positive "
+                f"in {labels} (classes: {', '.join(names)})"
+            )
+        fronted = [c for c in setting if has_front[names.index(c)]]
+        if fronted:
+            raise LabelError(
+                f"class '{fronted[0]}' has heading_deg values, so it has an orientation; "
+                "remove it from model.orientation_free"
+            )
+        return [c in setting for c in names]
+    out = []
+    for k, name in enumerate(names):
+        angles = np.concatenate(
+            [
+                sl.boxes[np.asarray([c == name for c in sl.classes], bool), 4]
+                for _, _, sl in per_scene
+                if len(sl.classes)
+            ]
+            or [np.zeros(0)]
+        )
+        off = np.abs(((angles + 45.0) % 90.0) - 45.0)  # distance to 0 / 90 degrees
+        out.append(bool(len(angles)) and not has_front[k] and bool((off <= UPRIGHT_TOL_DEG).all()))
+    return out
 
 
 def split_validation(project: Project, fraction: float, seed: int) -> None:
@@ -369,9 +408,18 @@ def known_at_stride(valid: np.ndarray, known: np.ndarray, stride: int = STRIDE) 
 
 
 def make_chip(
-    patch: Patch, params: transforms.ChipParams, chip: int, n_classes: int, colour_channels: int
+    patch: Patch,
+    params: transforms.ChipParams,
+    chip: int,
+    n_classes: int,
+    colour_channels: int,
+    upright: list[bool] | None = None,
 ) -> dict[str, np.ndarray]:
-    """One training example (image + targets) from a patch and a random draw."""
+    """One training example (image + targets) from a patch and a random draw.
+
+    Objects of `upright` classes (no orientation) get the upright box of the rotated object
+    as target (`model.round_boxes`): the image turns, the label stays axis-aligned.
+    """
     image, (valid, known), boxes, heads = transforms.transform_chip(
         patch.image.astype(np.float32),
         [patch.valid, patch.known],
@@ -382,6 +430,10 @@ def make_chip(
         colour_channels,
     )
     image[:, valid == 0] = 0.0
+    if upright is not None and any(upright) and len(boxes):
+        up = np.asarray(upright, bool)[patch.classes]
+        boxes = boxes.copy()
+        boxes[up] = round_boxes(boxes[up])
     targets = encode_targets(boxes, patch.classes, heads, (chip, chip), n_classes)
     targets["known"] = known_at_stride(valid, known)
     targets["image"] = image.astype(np.float32)

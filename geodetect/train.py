@@ -70,7 +70,14 @@ class ChipSet(torch.utils.data.Dataset):
         neg_index, patch = self.pick(rng)
         chip = self.project.chip
         params = transforms.draw_params(rng, self.cfg, max_shift=0.25 * chip)
-        item = make_chip(patch, params, chip, len(self.project.classes), len(self.project.bands))
+        item = make_chip(
+            patch,
+            params,
+            chip,
+            len(self.project.classes),
+            len(self.project.bands),
+            self.project.upright,
+        )
         item["neg_index"] = neg_index
         return item
 
@@ -106,7 +113,8 @@ def _view_detections(net: torch.nn.Module, views: list[Patch], project: Project,
         with torch.inference_mode(), autocast(dev):
             res = net(x)
         res = {k: t.float() for k, t in res.items()}
-        for v, d in zip(batch, decode(res, VAL_THRESHOLD, project.has_front), strict=True):
+        dets = decode(res, VAL_THRESHOLD, project.has_front, upright=project.upright)
+        for v, d in zip(batch, dets, strict=True):
             b = d["boxes"]
             col = np.clip(b[:, 0].astype(int), 0, v.known.shape[1] - 1)
             row = np.clip(b[:, 1].astype(int), 0, v.known.shape[0] - 1)
@@ -188,6 +196,7 @@ def _meta(project: Project, arch: dict, model_stats: dict, history: list, config
     return {
         "classes": list(project.classes),
         "has_front": [bool(f) for f in project.has_front],
+        "orientation_free": [bool(f) for f in project.upright],
         "bands": [int(b) for b in project.bands],
         "elevation": bool(project.elevation),
         "gsd": float(project.gsd),
@@ -215,24 +224,34 @@ def train(
     resume: bool = False,
     progress: bool = False,
     callback: Callable[[dict], None] | None = None,
+    init: str | Path | None = None,
 ) -> Path:
     """Train a detector; returns the path of `out_dir/model.pt` (also writes metrics.json).
 
     `callback`, when given, is called after every step with {"epoch", "epochs", "step",
     "total_steps", "loss"}; an exception raised in it stops training (the last finished
     epoch's checkpoint stays, so `resume=True` continues). Under `torchrun` every rank trains
-    on its own chips and rank 0 writes the files.
+    on its own chips and rank 0 writes the files. `init` (a geodetect model file) warm-starts
+    the network: its architecture and GSD are kept, classes are matched by name and new
+    classes get fresh heads.
     """
     config = config or Config()
+    if init is not None:
+        from geodetect.weights import fit_config_to, init_meta
+
+        config = fit_config_to(config, init_meta(init))
     out = Path(out_dir)
     dev = resolve_device(device)
     with ddp.distributed(dev) as (info, dev):
         return _train(
-            images, labels, pointclouds, config, out, dev, seed, resume, progress, callback, info
-        )
+            images, labels, pointclouds, config, out, dev, seed, resume, progress, callback, info,
+            init,
+        )  # fmt: skip
 
 
-def _train(images, labels, pointclouds, config, out, dev, seed, resume, progress, callback, info):
+def _train(
+    images, labels, pointclouds, config, out, dev, seed, resume, progress, callback, info, init=None
+):
     _seed_everything(seed)
     project = load_project([str(i) for i in images], str(labels), pointclouds, config)
     split_validation(project, config.train.val_fraction, seed)
@@ -243,8 +262,13 @@ def _train(images, labels, pointclouds, config, out, dev, seed, resume, progress
     ddp.barrier()
     arch = make_arch(project.in_channels, len(project.classes), config.model)
     arch["pretrained"] = config.model.pretrained
-    net = build_model(arch).to(dev)
+    net = build_model(arch)
     arch["pretrained"] = None
+    if init is not None:
+        from geodetect.weights import warm_start
+
+        warm_start(net, init, project.classes, project.bands)
+    net = net.to(dev)
     tc = config.train
     data = ChipSet(project, pos, neg, seed, info.rank)
     loader = _loader(data, tc.batch_size, tc.workers, info.world_size)
