@@ -247,12 +247,23 @@ def _mask(geoms: list, origin: tuple[int, int], size: int) -> np.ndarray:
         return out
     box = shapely.box(origin[0], origin[1], origin[0] + size, origin[1] + size)
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
+    xs += origin[0]
+    ys += origin[1]
     for g in geoms:
         if not g.intersects(box):
             continue
         part = shapely.intersection(g, box)
+        # only the pixels under the part's bounds can be inside it: a crown box tests a few
+        # hundred points instead of the whole patch (real labels: hundreds of boxes)
+        left, top, right, bottom = part.bounds
+        c0, r0 = max(0, int(left - origin[0])), max(0, int(top - origin[1]))
+        c1 = min(size, int(math.ceil(right - origin[0])) + 1)
+        r1 = min(size, int(math.ceil(bottom - origin[1])) + 1)
+        if c1 <= c0 or r1 <= r0:
+            continue
         shapely.prepare(part)
-        out |= shapely.contains_xy(part, xs + origin[0], ys + origin[1])
+        sub = (slice(r0, r1), slice(c0, c1))
+        out[sub] |= shapely.contains_xy(part, xs[sub], ys[sub])
     return out
 
 
