@@ -32,6 +32,7 @@ _API = {
     # the main job: geodetect samples / train / infer / evaluate
     "write_samples": "samples",
     "train": "train",
+    "pretrain": "pretrain",
     "load_model": "model",
     "infer": "infer",
     "export_onnx": "export",

@@ -37,8 +37,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=_progress_enabled(args),
         extend=args.extend,
+        init=args.init,
     )
     print(model_path)
+    return 0
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from geodetect.config import load_config
+    from geodetect.pretrain import pretrain
+
+    config = load_config(args.config, {"pretrain.epochs": args.epochs})
+    out = pretrain(
+        images=args.images,
+        out=args.out,
+        config=config,
+        device=args.device,
+        seed=args.seed,
+        progress=_progress_enabled(args),
+    )
+    print(out)
     return 0
 
 
@@ -178,7 +196,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--extend", action="store_true", help="with --resume: allow more epochs than planned"
     )
+    p.add_argument(
+        "--init", metavar="MODEL.pt", help="start from an existing geodetect model (fine-tune)"
+    )
     p.set_defaults(func=_cmd_train)
+
+    p = add("pretrain", "learn a backbone from unlabelled scenes (self-supervised)")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--out", required=True, metavar="BACKBONE.pt")
+    p.add_argument("--config", metavar="YAML")
+    p.add_argument("--epochs", type=int, metavar="N")
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
+    p.add_argument("--seed", type=int, default=0, metavar="N")
+    p.set_defaults(func=_cmd_pretrain)
 
     p = add("infer", "detect objects over whole scenes")
     p.add_argument("model", metavar="MODEL")

@@ -68,17 +68,37 @@ class DataConfig(_Section):
         return v
 
 
+PRESETS = {"cpu": (16, 1), "gpu": (48, 2)}  # (width, depth)
+
+
 class ModelConfig(_Section):
     """The CNN."""
 
     arch: Literal["geonet"] = Field("geonet", description="network family")
     width: int = Field(16, ge=8, le=256, description="base channel count")
+    depth: int = Field(
+        1, ge=1, le=4, description="residual blocks per deep stage of the built-in backbone"
+    )
+    preset: Literal["cpu", "gpu"] | None = Field(
+        None, description="capacity preset (cpu: width 16 depth 1; gpu: width 48 depth 2)"
+    )
     backbone: Literal["none", "resnet18", "resnet34"] = Field(
         "none", description="torchvision backbone instead of the small built-in one"
     )
     pretrained: str | None = Field(
-        None, description="local path to backbone weights (no downloads)"
+        None,
+        description="local backbone weights: a `geodetect pretrain` file or a torchvision .pth",
     )
+    orientation_free: Literal["auto"] | list[str] = Field(
+        "auto",
+        description="classes without orientation (axis-aligned output); auto: classes whose "
+        "positives are all axis-aligned rectangles without a heading",
+    )
+
+    @property
+    def capacity(self) -> tuple[int, int]:
+        """(width, depth) after the preset."""
+        return PRESETS[self.preset] if self.preset else (self.width, self.depth)
 
 
 class TrainConfig(_Section):
@@ -103,10 +123,17 @@ class TrainConfig(_Section):
         True, description="random mirror augmentation (aerial views have no handedness)"
     )
     scale_jitter: float = Field(
-        0.1, ge=0, lt=0.5, description="random zoom of +-this fraction around the training GSD"
+        0.1, ge=0, le=0.8, description="random zoom of +-this fraction around the training GSD"
     )
     colour_jitter: float = Field(
         0.1, ge=0, lt=1, description="random brightness/contrast change of +-this fraction"
+    )
+    photometric: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="probability of each sensor/photometric change (hue/saturation, blur, "
+        "noise, JPEG, shadow) per chip",
     )
     workers: int = Field(0, ge=0, description="DataLoader worker processes")
     amp: bool = Field(True, description="mixed precision on CUDA")
@@ -125,6 +152,16 @@ class InferConfig(_Section):
     tta: bool = Field(False, description="rotated/flipped passes fused")
 
 
+class PretrainConfig(_Section):
+    """`geodetect pretrain`: self-supervised backbone from unlabelled scenes."""
+
+    epochs: int = Field(20, ge=1, description="passes over `chips_per_epoch` view pairs")
+    batch_size: int = Field(32, ge=2, description="view pairs per step (the contrast set)")
+    chips_per_epoch: int = Field(512, ge=2, description="view pairs drawn per epoch")
+    lr: float = Field(1e-3, gt=0, description="AdamW peak learning rate")
+    temperature: float = Field(0.2, gt=0, description="NT-Xent softmax temperature")
+
+
 class Config(_Section):
     """The whole configuration; every key has a documented default."""
 
@@ -132,6 +169,7 @@ class Config(_Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     infer: InferConfig = InferConfig()
+    pretrain: PretrainConfig = PretrainConfig()
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:

@@ -181,3 +181,30 @@ def rotated_nms(
         keep.append(k)
         suppressed[neighbours[k]] = True
     return np.asarray(keep, np.int64)
+
+
+# ------------------------------------------------------------------------------ round objects
+
+
+def round_boxes(boxes: np.ndarray) -> np.ndarray:
+    """Axis-aligned boxes of the ellipses inscribed in (rotated) boxes: [cx, cy, ny, ex, 0].
+
+    A class without orientation (tree crowns, tanks) is labelled with axis-aligned rectangles;
+    after a chip is rotated, the right target is the upright box of the rotated *object* (the
+    inscribed ellipse), not the rotated rectangle. Angle 0 with length = north-south extent
+    and width = east-west extent (length may be < width): the network then regresses the two
+    extents and never an angle.
+    """
+    b = np.asarray(boxes, np.float64).reshape(-1, 5)
+    a = np.radians(b[:, 4])
+    p, q = b[:, 2] / 2, b[:, 3] / 2
+    ex = np.hypot(p * np.sin(a), q * np.cos(a))
+    ey = np.hypot(p * np.cos(a), q * np.sin(a))
+    return np.stack([b[:, 0], b[:, 1], 2 * ey, 2 * ex, np.zeros(len(b))], 1)
+
+
+def snap_upright(boxes: np.ndarray) -> np.ndarray:
+    """Boxes with the angle rounded to 0 or 90 (axis-aligned, length >= width kept)."""
+    b = np.array(boxes, np.float64).reshape(-1, 5)
+    b[:, 4] = np.mod(np.round(b[:, 4] / 90.0) * 90.0, 180.0)
+    return b

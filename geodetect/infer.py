@@ -365,11 +365,15 @@ def run_task(
         frame = empty_detections(g.crs)
     else:
         b, s, c, h = (np.concatenate(x) for x in (boxes, scores, classes, heads))
+        flags = np.asarray(det.meta.get("orientation_free") or [False] * (int(c.max()) + 1), bool)
+        upright = flags[c]
+        b[upright] = geometry.snap_upright(b[upright])  # classes without orientation: axis-aligned
         keep = np.sort(
             np.asarray(geometry.rotated_nms(b, s, settings.nms_iou, classes=c), np.int64)
         )
         names = [det.meta["classes"][i] for i in c[keep]]
         frame = detections_frame(b[keep], s[keep], names, h[keep], g, name)
+        frame.loc[upright[keep], "angle_deg"] = 0.0  # no orientation (contract)
     frame.attrs["valid_tiles"] = n_valid  # a scene with none at all is an input error
     return frame
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from geodetect import geometry
 from geodetect.errors import ModelError
 
 FORMAT = "geodetect-model"
@@ -62,16 +63,32 @@ class Residual(nn.Module):
 
 
 class SmallBackbone(nn.Module):
-    """Five stride-2 stages; returns features at strides 4, 8, 16, 32."""
+    """Five stride-2 stages; returns features at strides 4, 8, 16, 32.
 
-    def __init__(self, cin: int, w: int):
+    `depth` adds that many extra residual blocks to each of the strides 8-32 stages (depth 1 is
+    the original network, so old model files load unchanged).
+    """
+
+    def __init__(self, cin: int, w: int, depth: int = 1):
         super().__init__()
+        extra = max(0, int(depth) - 1)
         self.channels = (2 * w, 4 * w, 8 * w, 8 * w)
         self.stem = ConvBN(cin, w, 3, 2)
         self.s4 = nn.Sequential(ConvBN(w, 2 * w, 3, 2), ConvBN(2 * w, 2 * w))
-        self.s8 = nn.Sequential(ConvBN(2 * w, 4 * w, 3, 2), Residual(4 * w))
-        self.s16 = nn.Sequential(ConvBN(4 * w, 8 * w, 3, 2), Residual(8 * w), Residual(8 * w, 2))
-        self.s32 = nn.Sequential(ConvBN(8 * w, 8 * w, 3, 2), Residual(8 * w, 2))
+        self.s8 = nn.Sequential(
+            ConvBN(2 * w, 4 * w, 3, 2), Residual(4 * w), *[Residual(4 * w) for _ in range(extra)]
+        )
+        self.s16 = nn.Sequential(
+            ConvBN(4 * w, 8 * w, 3, 2),
+            Residual(8 * w),
+            Residual(8 * w, 2),
+            *[Residual(8 * w, 2) for _ in range(extra)],
+        )
+        self.s32 = nn.Sequential(
+            ConvBN(8 * w, 8 * w, 3, 2),
+            Residual(8 * w, 2),
+            *[Residual(8 * w, 2) for _ in range(extra)],
+        )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         f4 = self.s4(self.stem(x))
@@ -92,7 +109,7 @@ class ResNetBackbone(nn.Module):
             state = _load_file(pretrained)
             state = state.get("state_dict", state) if isinstance(state, dict) else state
             try:
-                net.load_state_dict(state, strict=False)
+                net.load_state_dict(state, strict=True)
             except RuntimeError as exc:
                 raise ModelError(f"{pretrained}: not {name} weights ({_first_line(exc)})") from None
         if cin != 3:
@@ -122,7 +139,11 @@ class GeoNet(nn.Module):
         super().__init__()
         cin, k, w = int(arch["in_channels"]), int(arch["n_classes"]), int(arch["width"])
         if arch.get("backbone", "none") == "none":
-            self.backbone: nn.Module = SmallBackbone(cin, w)
+            self.backbone: nn.Module = SmallBackbone(cin, w, int(arch.get("depth", 1)))
+            if arch.get("pretrained"):
+                from geodetect.weights import load_backbone
+
+                load_backbone(self.backbone, arch["pretrained"], arch)
         else:
             self.backbone = ResNetBackbone(cin, arch["backbone"], arch.get("pretrained"))
         neck = 2 * w
@@ -163,7 +184,8 @@ def make_arch(in_channels: int, n_classes: int, model_cfg: Any) -> dict[str, Any
         "name": model_cfg.arch,
         "in_channels": int(in_channels),
         "n_classes": int(n_classes),
-        "width": int(model_cfg.width),
+        "width": int(model_cfg.capacity[0]),
+        "depth": int(model_cfg.capacity[1]),
         "backbone": model_cfg.backbone,
         "pretrained": None,  # weights live in the model file's state_dict
         "stride": STRIDE,
@@ -292,13 +314,21 @@ def decode(
     has_front: list[bool],
     max_det: int = 500,
     stride: int = STRIDE,
+    upright: list[bool] | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """Peaks of the heatmap -> oriented boxes per image (`decoding.decode_arrays`, the one
     decoder torch and ONNX Runtime runs share), from the network's tensors."""
     from geodetect.decoding import decode_arrays
 
     arrays = {k: v.detach().float().cpu().numpy() for k, v in out.items()}
-    return decode_arrays(arrays, threshold, has_front, max_det, stride)
+    results = decode_arrays(arrays, threshold, has_front, max_det, stride)
+    if upright is not None and any(upright):  # classes without orientation: axis-aligned
+        k = arrays["heatmap"].shape[1]
+        flags = np.asarray(list(upright) + [False] * (k - len(upright)), bool)
+        for r in results:
+            up = flags[r["classes"]]
+            r["boxes"][up] = geometry.snap_upright(r["boxes"][up])
+    return results
 
 
 # ------------------------------------------------------------------------------ model files

@@ -26,6 +26,7 @@ from rasterio.windows import Window
 from geodetect import transforms
 from geodetect.config import Config
 from geodetect.errors import InputError, LabelError
+from geodetect.geometry import round_boxes
 from geodetect.model import MULTIPLE, STRIDE, encode_targets
 from geodetect.raster import Grid
 
@@ -74,6 +75,7 @@ class Project:
     elevation: bool
     gsd: float
     config: Config
+    upright: list[bool] = field(default_factory=list)  # classes without orientation
 
     @property
     def in_channels(self) -> int:
@@ -164,6 +166,7 @@ def load_project(
         )
         for name in names
     ]
+    upright = _upright_classes(config.model.orientation_free, names, has_front, per_scene, labels)
     scenes = []
     for k, (info, grid, sl) in enumerate(per_scene):
         stats = transforms.scene_stats(info.path, bands, config, config.data.stats_pixels)
@@ -175,7 +178,44 @@ def load_project(
         scenes.append(
             Scene(info.path, grid, sl.boxes, cls, heads, list(sl.negatives), stats, cloud)
         )
-    return Project(scenes, names, has_front, bands, elevation, gsd, config)
+    return Project(scenes, names, has_front, bands, elevation, gsd, config, upright)
+
+
+UPRIGHT_TOL_DEG = 1.0  # an axis-aligned label reprojected between UTM zones turns < 1 degree
+
+
+def _upright_classes(
+    setting: Any, names: list[str], has_front: list[bool], per_scene: list, labels: str
+) -> list[bool]:
+    """Which classes have no orientation: declared by name, or (auto) every class without a
+    front whose positives are all axis-aligned rectangles, as round objects are drawn."""
+    if setting != "auto":
+        unknown = [c for c in setting if c not in names]
+        if unknown:
+            raise LabelError(
+                f"model.orientation_free names class '{unknown[0]}', which has no positive "
+                f"in {labels} (classes: {', '.join(names)})"
+            )
+        fronted = [c for c in setting if has_front[names.index(c)]]
+        if fronted:
+            raise LabelError(
+                f"class '{fronted[0]}' has heading_deg values, so it has an orientation; "
+                "remove it from model.orientation_free"
+            )
+        return [c in setting for c in names]
+    out = []
+    for k, name in enumerate(names):
+        angles = np.concatenate(
+            [
+                sl.boxes[np.asarray([c == name for c in sl.classes], bool), 4]
+                for _, _, sl in per_scene
+                if len(sl.classes)
+            ]
+            or [np.zeros(0)]
+        )
+        off = np.abs(((angles + 45.0) % 90.0) - 45.0)  # distance to 0 / 90 degrees
+        out.append(bool(len(angles)) and not has_front[k] and bool((off <= UPRIGHT_TOL_DEG).all()))
+    return out
 
 
 def split_validation(project: Project, fraction: float, seed: int) -> None:
@@ -212,12 +252,23 @@ def _mask(geoms: list, origin: tuple[int, int], size: int) -> np.ndarray:
         return out
     box = shapely.box(origin[0], origin[1], origin[0] + size, origin[1] + size)
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
+    xs += origin[0]
+    ys += origin[1]
     for g in geoms:
         if not g.intersects(box):
             continue
         part = shapely.intersection(g, box)
+        # only the pixels under the part's bounds can be inside it: a crown box tests a few
+        # hundred points instead of the whole patch (real labels: hundreds of boxes)
+        left, top, right, bottom = part.bounds
+        c0, r0 = max(0, int(left - origin[0])), max(0, int(top - origin[1]))
+        c1 = min(size, int(math.ceil(right - origin[0])) + 1)
+        r1 = min(size, int(math.ceil(bottom - origin[1])) + 1)
+        if c1 <= c0 or r1 <= r0:
+            continue
         shapely.prepare(part)
-        out |= shapely.contains_xy(part, xs + origin[0], ys + origin[1])
+        sub = (slice(r0, r1), slice(c0, c1))
+        out[sub] |= shapely.contains_xy(part, xs[sub], ys[sub])
     return out
 
 
@@ -373,9 +424,18 @@ def known_at_stride(valid: np.ndarray, known: np.ndarray, stride: int = STRIDE) 
 
 
 def make_chip(
-    patch: Patch, params: transforms.ChipParams, chip: int, n_classes: int, colour_channels: int
+    patch: Patch,
+    params: transforms.ChipParams,
+    chip: int,
+    n_classes: int,
+    colour_channels: int,
+    upright: list[bool] | None = None,
 ) -> dict[str, np.ndarray]:
-    """One training example (image + targets) from a patch and a random draw."""
+    """One training example (image + targets) from a patch and a random draw.
+
+    Objects of `upright` classes (no orientation) get the upright box of the rotated object
+    as target (`geometry.round_boxes`): the image turns, the label stays axis-aligned.
+    """
     image, (valid, known), boxes, heads = transforms.transform_chip(
         patch.image.astype(np.float32),
         [patch.valid, patch.known],
@@ -386,6 +446,10 @@ def make_chip(
         colour_channels,
     )
     image[:, valid == 0] = 0.0
+    if upright is not None and any(upright) and len(boxes):
+        up = np.asarray(upright, bool)[patch.classes]
+        boxes = boxes.copy()
+        boxes[up] = round_boxes(boxes[up])
     targets = encode_targets(boxes, patch.classes, heads, (chip, chip), n_classes)
     targets["known"] = known_at_stride(valid, known)
     targets["image"] = image.astype(np.float32)

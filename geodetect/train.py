@@ -72,7 +72,14 @@ class ChipSet(torch.utils.data.Dataset):
         neg_index, patch = self.pick(rng)
         chip = self.project.chip
         params = transforms.draw_params(rng, self.cfg, max_shift=0.25 * chip)
-        item = make_chip(patch, params, chip, len(self.project.classes), len(self.project.bands))
+        item = make_chip(
+            patch,
+            params,
+            chip,
+            len(self.project.classes),
+            len(self.project.bands),
+            self.project.upright,
+        )
         item["neg_index"] = neg_index
         return item
 
@@ -108,7 +115,8 @@ def _view_detections(net: torch.nn.Module, views: list[Patch], project: Project,
         with torch.inference_mode(), autocast(dev):
             res = net(x)
         res = {k: t.float() for k, t in res.items()}
-        for v, d in zip(batch, decode(res, VAL_THRESHOLD, project.has_front), strict=True):
+        dets = decode(res, VAL_THRESHOLD, project.has_front, upright=project.upright)
+        for v, d in zip(batch, dets, strict=True):
             b = d["boxes"]
             col = np.clip(b[:, 0].astype(int), 0, v.known.shape[1] - 1)
             row = np.clip(b[:, 1].astype(int), 0, v.known.shape[0] - 1)
@@ -186,10 +194,16 @@ def _load_checkpoint(path: Path) -> dict | None:
 
 
 def run_identity(
-    images: list[str], labels: str, pointclouds: list[str] | None, config: Config, seed: int
+    images: list[str],
+    labels: str,
+    pointclouds: list[str] | None,
+    config: Config,
+    seed: int,
+    init: str | Path | None = None,
 ) -> dict:
     """What makes a checkpoint this run's: config (but the epoch count), seed, and checksums
-    of the labels, scenes and point clouds. Stored in the checkpoint, compared on resume."""
+    of the labels, scenes, point clouds and `--init` model. Stored in the checkpoint, compared
+    on resume."""
     from geodetect.manifest import canonical_json, file_sha256, scene_checksum
 
     cfg = dump_config(config)
@@ -200,6 +214,7 @@ def run_identity(
         "labels": file_sha256(labels) if Path(labels).is_file() else str(labels),
         "scenes": [scene_checksum(i) for i in images],
         "pointclouds": [scene_checksum(c) for c in pointclouds or []],
+        "init": file_sha256(init) if init is not None else None,
     }
 
 
@@ -209,6 +224,7 @@ _WHAT = {
     "labels": "other labels (the label file changed)",
     "scenes": "other scenes (a file changed, or another list)",
     "pointclouds": "other point clouds",
+    "init": "another --init model",
 }
 
 
@@ -237,6 +253,7 @@ def _meta(project: Project, arch: dict, model_stats: dict, history: list, config
     return {
         "classes": list(project.classes),
         "has_front": [bool(f) for f in project.has_front],
+        "orientation_free": [bool(f) for f in project.upright],
         "bands": [int(b) for b in project.bands],
         "elevation": bool(project.elevation),
         "gsd": float(project.gsd),
@@ -265,6 +282,7 @@ def train(
     progress: bool = False,
     callback: Callable[[dict], None] | None = None,
     extend: bool = False,
+    init: str | Path | None = None,
 ) -> Path:
     """Train a detector; returns the path of `out_dir/model.pt` (also writes metrics.json).
 
@@ -275,25 +293,35 @@ def train(
 
     `resume` continues only the same run (config, seed, labels, scenes: checked against the
     checkpoint); `extend=True` also lets it run to more epochs than it was planned for.
+
+    `init` (a geodetect model file) warm-starts
+    the network: its architecture and GSD are kept, classes are matched by name and new
+    classes get fresh heads.
     """
     from geodetect.atomic import check_not_input
 
     config = config or Config()
+    if init is not None:
+        from geodetect.weights import fit_config_to, init_meta
+
+        config = fit_config_to(config, init_meta(init))
     out = Path(out_dir)
-    inputs = [*map(str, images), str(labels), *(pointclouds or []), config.model.pretrained]
+    inputs = [*map(str, images), str(labels), *(pointclouds or []), config.model.pretrained, init]
     check_not_input([out / "model.pt", out / "metrics.json", out / CHECKPOINT], inputs)
     dev = resolve_device(device)
     with ddp.distributed(dev) as (info, dev):
         return _train(
             images, labels, pointclouds, config, out, dev, seed, resume, progress, callback, info,
             extend=extend,
+            init=init,
         )  # fmt: skip
 
 
 def _train(
-    images, labels, pointclouds, config, out, dev, seed, resume, progress, callback, info, extend
+    images, labels, pointclouds, config, out, dev, seed, resume, progress, callback, info, extend,
+    init=None,
 ):
-    identity = run_identity(list(map(str, images)), str(labels), pointclouds, config, seed)
+    identity = run_identity(list(map(str, images)), str(labels), pointclouds, config, seed, init)
     ckpt = _load_checkpoint(out / CHECKPOINT) if resume else None
     if ckpt is not None:  # before any work: a checkpoint of another run is refused
         _check_resume(ckpt, identity, config.train.epochs, extend, out / CHECKPOINT)
@@ -307,8 +335,13 @@ def _train(
     ddp.barrier()
     arch = make_arch(project.in_channels, len(project.classes), config.model)
     arch["pretrained"] = config.model.pretrained
-    net = build_model(arch).to(dev)
+    net = build_model(arch)
     arch["pretrained"] = None
+    if init is not None:
+        from geodetect.weights import warm_start
+
+        warm_start(net, init, project.classes, project.bands)
+    net = net.to(dev)
     tc = config.train
     data = ChipSet(project, pos, neg, seed, info.rank)
     loader = _loader(data, tc.batch_size, tc.workers, info.world_size)

@@ -18,7 +18,8 @@ coordinates (pixel centres on integers); our pixel frame has centres at +0.5, he
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -135,13 +136,16 @@ class ChipParams:
     flip: bool = False  # mirror left-right after the affine
     brightness: float = 0.0
     contrast: float = 0.0
+    sensor: float = 0.0  # probability of each sensor/photometric op (0: none)
+    sensor_seed: int = 0
 
 
 def draw_params(rng: np.random.Generator, cfg: Any, max_shift: float) -> ChipParams:
     """Random ChipParams from a TrainConfig (rotation any angle, shift within `max_shift`)."""
     s = float(cfg.scale_jitter)
     c = float(cfg.colour_jitter)
-    return ChipParams(
+    sensor = float(getattr(cfg, "photometric", 0.0))
+    params = ChipParams(
         rotate=float(rng.uniform(0.0, 360.0)) if cfg.rotate else 0.0,
         dx=float(rng.uniform(-max_shift, max_shift)),
         dy=float(rng.uniform(-max_shift, max_shift)),
@@ -150,6 +154,45 @@ def draw_params(rng: np.random.Generator, cfg: Any, max_shift: float) -> ChipPar
         brightness=float(rng.uniform(-c, c)),
         contrast=float(rng.uniform(-c, c)),
     )
+    if sensor > 0:  # drawn last, so recipes without it keep their random stream
+        params = replace(params, sensor=sensor, sensor_seed=int(rng.integers(2**31)))
+    return params
+
+
+@lru_cache(maxsize=8)
+def _sensor_pipe(p: float, rgb: bool) -> A.Compose:
+    """Built once per setting (building an albumentations pipeline costs more than running it);
+    each chip reseeds it."""
+    return A.Compose(_sensor_ops(p, rgb), seed=0)
+
+
+def _sensor_ops(p: float, rgb: bool) -> list[A.BasicTransform]:
+    """Changes real cameras and orthophoto mosaics make: colour balance, defocus, sensor
+    noise, compression, cloud and terrain shadows. Each is applied with probability p."""
+    ops: list[A.BasicTransform] = [
+        A.GaussianBlur(blur_limit=(3, 5), p=p),
+        A.GaussNoise(std_range=(0.01, 0.05), p=p),
+        A.ImageCompression(quality_range=(40, 90), p=p),
+        A.RandomShadow(shadow_roi=(0, 0, 1, 1), num_shadows_limit=(1, 2), p=p),
+    ]
+    if rgb:
+        ops.insert(
+            0, A.HueSaturationValue(hue_shift_limit=10, sat_shift_limit=25, val_shift_limit=0, p=p)
+        )
+    return ops
+
+
+def _sensor(img: np.ndarray, p: ChipParams, colour_channels: int) -> np.ndarray:
+    """Photometric/sensor augmentation of the colour channels (seeded by the chip's draw)."""
+    if p.sensor <= 0 or colour_channels not in (1, 3):
+        return img
+    pipe = _sensor_pipe(p.sensor, colour_channels == 3)
+    pipe.set_random_seed(p.sensor_seed)
+    colour = np.clip((img[..., :colour_channels] - LOW) / SPAN, 0.0, 1.0)
+    out = img.copy()
+    res = pipe(image=np.ascontiguousarray(colour, np.float32))["image"]
+    out[..., :colour_channels] = res.reshape(colour.shape) * SPAN + LOW
+    return out
 
 
 def _pipeline(p: ChipParams, out: int) -> A.Compose:
@@ -219,6 +262,7 @@ def transform_chip(
         image=hwc, masks=[m.astype(np.uint8) for m in masks], keypoints=corners - 0.5
     )
     chip = _colour(res["image"], params, colour_channels or hwc.shape[-1])
+    chip = _sensor(chip, params, colour_channels or hwc.shape[-1])
     kp = np.asarray(res["keypoints"], np.float64).reshape(-1, 4, 2) + 0.5
     new_boxes, new_heads = geometry.boxes_from_corners(kp, y_down=True, rtol=1e-2)
     new_heads = np.where(np.isfinite(np.asarray(headings, np.float64)), new_heads, np.nan)

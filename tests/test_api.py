@@ -58,7 +58,7 @@ def test_name_resolves_with_docstring_and_hints(name):
         assert not untyped, f"{name}: parameters without type hints: {untyped}"
 
 
-@pytest.mark.parametrize("name", ["train", "infer", "evaluate"])
+@pytest.mark.parametrize("name", ["train", "infer", "evaluate", "pretrain"])
 def test_functions_named_like_modules_stay_functions(name):
     """Importing geodetect.train (the module) must not hide geodetect.train (the function)."""
     _need(name)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from geodetect.errors import ModelError
+from geodetect.geometry import round_boxes
 from geodetect.model import (
     MULTIPLE,
     build_model,
@@ -61,6 +62,33 @@ def test_decode_inverts_encode_for_any_angle():
     h = dets["headings"][order]
     assert h[0] == pytest.approx(180.0, abs=1e-3) and np.isnan(h[1])
     assert h[2] == pytest.approx(123.4, abs=1e-3)
+
+
+@pytest.mark.parametrize("theta", [0.0, 30.0, 45.0, 90.0, 137.0])
+def test_a_round_object_keeps_an_upright_box_when_the_chip_turns(theta):
+    """An axis-aligned crown label turned with its chip becomes the upright box of the turned
+    ellipse: a circle's box does not change, a 20 x 10 ellipse's grows to its extents."""
+    circle = round_boxes(np.array([[50.0, 60.0, 16.0, 16.0, theta]]))[0]
+    assert np.allclose(circle, [50.0, 60.0, 16.0, 16.0, 0.0])
+    a = np.radians(theta)
+    oval = round_boxes(np.array([[0.0, 0.0, 20.0, 10.0, theta]]))[0]
+    ny, ex = oval[2] / 2, oval[3] / 2  # north-south and east-west half extents
+    assert ny == pytest.approx(np.hypot(10 * np.cos(a), 5 * np.sin(a)))
+    assert ex == pytest.approx(np.hypot(10 * np.sin(a), 5 * np.cos(a)))
+    assert oval[4] == 0.0
+
+
+def test_orientation_free_classes_decode_axis_aligned():
+    """Targets of an upright class (round_boxes) decode to axis-aligned boxes of the right
+    extents, long side east or north, whatever the angle channels say."""
+    wide = round_boxes(np.array([[64.0, 64.0, 40.0, 20.0, 90.0]]))  # 40 east, 20 north
+    t = encode_targets(wide, np.array([0]), np.array([np.nan]), (128, 128), 1)
+    out = _perfect_outputs(t)
+    out["angle"] = out["angle"] + torch.tensor([0.0, 0.3])[None, :, None, None]  # a noisy angle
+    box = decode(out, 0.5, [False], upright=[True])[0]["boxes"][0]
+    assert np.allclose(box, [64.0, 64.0, 40.0, 20.0, 90.0], atol=1e-3)
+    tilted = decode(out, 0.5, [False])[0]["boxes"][0]
+    assert abs(tilted[4] - 90.0) > 1.0  # without the flag the noisy angle leaks through
 
 
 def test_heading_is_the_vote_of_the_core_not_of_one_cell():

@@ -1,0 +1,338 @@
+"""Real-imagery benchmark (issue 11): prints figures, asserts nothing.
+
+Real case: NEON 10 cm RGB crowns shipped in the `deepforest==2.1.0` wheel (MIT package, NEON
+data public domain), fetched once with `pip download` into a cache folder
+(GEODETECT_CACHE, default ~/.cache/geodetect). The Yellowstone crop
+`2019_YELL_2_528000_4978000_image_crop2.png` (2299 x 2472 px, 574 crowns) is cut in two:
+the left two thirds train (half of their crowns as positives, seeded, plus a few negative
+polygons), the right third is the held-out test (all its crowns). Cross-site: OSBS_029
+(Florida, its own georeferenced .tif) and SOAP_061 (California) with the Yellowstone model.
+Metric: AP@0.4 (DeepForest's IoU), with precision / recall at the best-F1 score.
+
+Every scene is a GeoTIFF at 0.1 m so the model's GSD means the same on all of them: the
+Yellowstone and SOAP PNGs carry no georeferencing and are written with a 0.1 m pixel in their
+UTM zone (placement nominal, only the pixel size matters); OSBS_029.tif is used as shipped.
+
+Negatives: cells of a 64 px grid over the training part whose area (grown by 12 px) touches
+no annotated crown, merged into connected regions; the largest few become negative polygons
+(bare ground, meadow, road and shadow between the stands: the places no crown was drawn).
+
+Few-labels case: a generated 2048² scene at 0.25 m with only 10 positives per class plus its
+usual negative regions, evaluated (AP50) on bench_infer's three unseen scenes.
+
+    python benchmarks/bench_real.py [--config configs/trees.yaml] [--epochs N]
+        [--cases yell,osbs,soap,few] [--pretrain] [--threads 2] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+import zipfile
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import rasterio
+import shapely
+from rasterio.transform import from_origin
+
+WHEEL = "deepforest==2.1.0"
+YELL = "2019_YELL_2_528000_4978000_image_crop2"
+GSD = 0.1
+SPLIT = 2 / 3  # train on x < SPLIT * width, test on the rest
+NEG_CELL, NEG_MARGIN, N_NEG = 64, 12, 6
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("GEODETECT_CACHE", Path.home() / ".cache" / "geodetect"))
+
+
+def fetch() -> Path:
+    """The wheel's data/ folder, downloaded and unzipped once."""
+    cache = cache_dir()
+    data = cache / "deepforest-2.1.0" / "data"
+    if (data / f"{YELL}.xml").is_file():
+        return data
+    cache.mkdir(parents=True, exist_ok=True)
+    wheels = list(cache.glob("deepforest-2.1.0-*.whl"))
+    if not wheels:
+        cmd = [sys.executable, "-m", "pip", "download", WHEEL, "--no-deps", "-d", str(cache)]
+        subprocess.run(cmd, check=True)
+        wheels = list(cache.glob("deepforest-2.1.0-*.whl"))
+    with zipfile.ZipFile(wheels[0]) as z:
+        for name in z.namelist():
+            if name.startswith("deepforest/data/") or "dist-info/licenses" in name:
+                target = cache / "deepforest-2.1.0" / name.split("/", 1)[1]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(z.read(name))
+    return data
+
+
+def voc_boxes(path: Path) -> np.ndarray:
+    """(N, 4) xmin, ymin, xmax, ymax in pixels from a Pascal VOC file."""
+    root = ET.parse(path).getroot()
+    keys = ("xmin", "ymin", "xmax", "ymax")
+    rows = [[float(o.find(f"bndbox/{k}").text) for k in keys] for o in root.iter("object")]
+    return np.asarray(rows, np.float64).reshape(-1, 4)
+
+
+def write_tif(path: Path, chw: np.ndarray, epsg: int, x0: float, y0: float) -> rasterio.Affine:
+    transform = from_origin(x0, y0, GSD, GSD)
+    profile = dict(
+        driver="GTiff", width=chw.shape[2], height=chw.shape[1], count=chw.shape[0],
+        dtype=chw.dtype, crs=f"EPSG:{epsg}", transform=transform, tiled=True, compress="deflate",
+    )  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(chw)
+    return transform
+
+
+def frame(xyxy: np.ndarray, transform, crs, label: str = "positive", negs=()) -> gpd.GeoDataFrame:
+    """Axis-aligned crown boxes (pixels) -> a contract label table in map coordinates."""
+    polys = [shapely.box(*b) for b in xyxy]
+    geoms = [shapely.affinity.affine_transform(g, transform.to_shapely()) for g in polys]
+    negs = [shapely.affinity.affine_transform(g, transform.to_shapely()) for g in negs]
+    df = pd.DataFrame(
+        {
+            "label": [label] * len(geoms) + ["negative"] * len(negs),
+            "class": ["tree"] * len(geoms) + [None] * len(negs),
+        }
+    )
+    return gpd.GeoDataFrame(df, geometry=geoms + negs, crs=crs)
+
+
+def free_regions(xyxy: np.ndarray, width: int, height: int, n: int) -> list:
+    """The n largest crown-free regions (pixel frame): see the module docstring."""
+    rows, cols = height // NEG_CELL, width // NEG_CELL
+    grown = shapely.box(*(xyxy + [-NEG_MARGIN, -NEG_MARGIN, NEG_MARGIN, NEG_MARGIN]).T)
+    tree = shapely.STRtree(grown)
+    cells = [
+        shapely.box(c * NEG_CELL, r * NEG_CELL, (c + 1) * NEG_CELL, (r + 1) * NEG_CELL)
+        for r in range(rows)
+        for c in range(cols)
+    ]
+    free = [g for g in cells if len(tree.query(g, predicate="intersects")) == 0]
+    merged = shapely.unary_union(free)
+    parts = list(getattr(merged, "geoms", [merged]))
+    parts.sort(key=lambda g: -g.area)
+    return [p.buffer(-2) for p in parts[:n] if not p.is_empty]
+
+
+def build(data: Path, work: Path, seed: int = 0) -> dict:
+    """Scenes, label files and truth files of the three real cases."""
+    work.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(data / f"{YELL}.png") as src:
+        img = src.read()
+    boxes = voc_boxes(data / f"{YELL}.xml")
+    height, width = img.shape[1:]
+    cut = int(round(SPLIT * width))
+    cx = (boxes[:, 0] + boxes[:, 2]) / 2
+    # Yellowstone: UTM 12N, the NEON tile's top-left (placement nominal)
+    x0, y0 = 528000.0, 4979000.0
+    t_train = write_tif(work / "yell_train.tif", img[:, :, :cut], 32612, x0, y0)
+    t_test = write_tif(work / "yell_test.tif", img[:, :, cut:], 32612, x0 + cut * GSD, y0)
+    inside = boxes[:, 2] <= cut  # crowns wholly in the training part
+    rng = np.random.default_rng(seed)
+    idx = np.nonzero(inside)[0]
+    chosen = np.sort(rng.choice(idx, len(idx) // 2, replace=False))
+    negs = free_regions(boxes[boxes[:, 0] < cut], cut, height, N_NEG)
+    labels = frame(boxes[chosen], t_train, "EPSG:32612", negs=negs)
+    labels.to_file(work / "yell_labels.gpkg")
+    test = boxes[cx >= cut].copy()
+    test[:, [0, 2]] = np.clip(test[:, [0, 2]] - cut, 0, width - cut)
+    frame(test, t_test, "EPSG:32612").to_file(work / "yell_truth.gpkg")
+    cases = {
+        "yell": {
+            "image": work / "yell_test.tif",
+            "truth": work / "yell_truth.gpkg",
+            "train": work / "yell_train.tif",
+            "labels": work / "yell_labels.gpkg",
+            "n_pos": len(chosen),
+            "n_train_crowns": int(inside.sum()),
+            "negatives": [round(g.area / 1e4, 1) for g in negs],  # 100 px squares (10 m²)
+        }
+    }
+    with rasterio.open(data / "OSBS_029.tif") as src:
+        t_osbs, crs = src.transform, src.crs
+    frame(voc_boxes(data / "OSBS_029.xml"), t_osbs, crs).to_file(work / "osbs_truth.gpkg")
+    cases["osbs"] = {"image": data / "OSBS_029.tif", "truth": work / "osbs_truth.gpkg"}
+    with rasterio.open(data / "SOAP_061.png") as src:
+        soap = src.read()[:3]
+    t_soap = write_tif(work / "soap.tif", soap, 32611, 290000.0, 4100000.0)  # nominal
+    frame(voc_boxes(data / "SOAP_061.xml"), t_soap, "EPSG:32611").to_file(work / "soap_truth.gpkg")
+    cases["soap"] = {"image": work / "soap.tif", "truth": work / "soap_truth.gpkg"}
+    return cases
+
+
+SAMPLE_WINDOW = (864, 0, 320, 320)  # col, row, width, height in the Yellowstone crop
+
+
+def write_sample(data: Path, out: Path) -> tuple[Path, Path]:
+    """data/yell_crowns.tif (JPEG-compressed 0.1 m GeoTIFF) + data/yell_crowns.geojson: a
+    320² window of the training part with every annotated crown (clipped at the edge) as a
+    positive and its largest crown-free region as a negative; used by tests/test_real.py."""
+    c0, r0, w, h = SAMPLE_WINDOW
+    with rasterio.open(data / f"{YELL}.png") as src:
+        img = src.read()[:, r0 : r0 + h, c0 : c0 + w]
+    out.mkdir(parents=True, exist_ok=True)
+    transform = from_origin(528000.0 + c0 * GSD, 4979000.0 - r0 * GSD, GSD, GSD)
+    profile = dict(
+        driver="GTiff", width=w, height=h, count=3, dtype="uint8", crs="EPSG:32612",
+        transform=transform, compress="jpeg", jpeg_quality=90, photometric="ycbcr",
+    )  # fmt: skip
+    tif = out / "yell_crowns.tif"
+    with rasterio.open(tif, "w", **profile) as dst:
+        dst.write(img)
+    boxes = voc_boxes(data / f"{YELL}.xml") - [c0, r0, c0, r0]
+    touch = (boxes[:, 2] > 0) & (boxes[:, 0] < w) & (boxes[:, 3] > 0) & (boxes[:, 1] < h)
+    boxes = np.clip(boxes[touch], 0, [w, h, w, h])
+    negs = free_regions(boxes, w, h, 1)
+    gdf = frame(boxes, transform, "EPSG:32612", negs=negs)
+    gdf["image"] = tif.name
+    path = out / "yell_crowns.geojson"
+    gdf.to_file(path, driver="GeoJSON")
+    return tif, path
+
+
+def few_labels_set(work: Path) -> tuple[Path, Path]:
+    """A 2048² generated scene whose labels keep 10 positives per class + all negatives."""
+    from geodetect.data import make_sample_data
+
+    data = make_sample_data(work / "few", size=2048, seed=0, cloud=False, name="few")
+    gdf = gpd.read_file(data.labels)
+    pos = gdf[gdf["label"] == "positive"]
+    keep = [g.sample(n=min(10, len(g)), random_state=0) for _, g in pos.groupby("class")]
+    out = gpd.GeoDataFrame(
+        pd.concat([*keep, gdf[gdf["label"] == "negative"]], ignore_index=True), crs=gdf.crs
+    )
+    path = work / "few" / "few10_labels.gpkg"
+    out.to_file(path)
+    return data.image, path
+
+
+def scores(pred: Path, truth, iou: float) -> dict:
+    from geodetect.evaluate import evaluate
+
+    m = evaluate(pred, truth, iou=iou)
+    return m["classes"]
+
+
+def fmt(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default=None, help="YAML for the real cases (e.g. trees.yaml)")
+    ap.add_argument("--few-config", default=None, help="YAML for the few-labels case")
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--set", nargs="*", default=[], help="overrides like train.lr=0.002")
+    ap.add_argument("--cases", default="yell,osbs,soap,few")
+    ap.add_argument("--pretrain", action="store_true", help="pretrain the backbone first")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threshold", type=float, default=None)
+    ap.add_argument("--keep", type=Path, default=None, help="folder to keep the runs in")
+    ap.add_argument("--write-sample", type=Path, default=None, metavar="DIR",
+                    help="only write the small committed crop (data/) and exit")  # fmt: skip
+    args = ap.parse_args()
+    if args.write_sample:
+        print(*write_sample(fetch(), args.write_sample))
+        return
+
+    import torch
+    import yaml
+
+    torch.set_num_threads(args.threads)
+    from geodetect.config import load_config
+    from geodetect.infer import infer
+    from geodetect.train import train
+
+    overrides = {}
+    for item in args.set:
+        key, value = item.split("=", 1)
+        overrides[key] = yaml.safe_load(value)
+    if args.epochs:
+        overrides["train.epochs"] = args.epochs
+    cases = args.cases.split(",")
+    work = args.keep or Path(tempfile.mkdtemp(prefix="bench_real_"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"work folder: {work}; load: {os.getloadavg()[0]:.1f}")
+    results: dict = {}
+    if {"yell", "osbs", "soap"} & set(cases):
+        real = build(fetch(), work / "real")
+        y = real["yell"]
+        print(
+            f"yellowstone: {y['n_pos']} positives of {y['n_train_crowns']} training crowns, "
+            f"{len(y['negatives'])} negatives (areas, 100 px² units: {y['negatives']})"
+        )
+        config = load_config(args.config, overrides)
+        if args.pretrain:
+            from geodetect.pretrain import pretrain
+
+            t0 = time.perf_counter()
+            bb = pretrain(
+                [str(y["train"])], work / "backbone.pt", config=config, device=args.device
+            )
+            config = load_config(args.config, {**overrides, "model.pretrained": str(bb)})
+            print(f"pretrain: {time.perf_counter() - t0:.0f} s")
+        t0 = time.perf_counter()
+        model = train(
+            [str(y["train"])], str(y["labels"]), config=config, out_dir=work / "run_real",
+            device=args.device, seed=0,
+        )  # fmt: skip
+        secs = time.perf_counter() - t0
+        val = json.loads((work / "run_real" / "metrics.json").read_text())["epochs"][-1]
+        print(
+            f"train (real): {secs:.0f} s, {config.train.epochs} epochs, "
+            f"val AP50 {fmt(val['val_mean_ap50'])}; load {os.getloadavg()[0]:.1f}"
+        )
+        for name in ("yell", "osbs", "soap"):
+            if name not in cases:
+                continue
+            c = real[name]
+            pred = work / f"{name}_pred.gpkg"
+            t0 = time.perf_counter()
+            infer(model, [str(c["image"])], out=pred, device=args.device, threshold=args.threshold)
+            m = scores(pred, c["truth"], 0.4)["tree"]
+            results[name] = m
+            print(
+                f"{name:<5} AP@0.4 {fmt(m['ap'])}  P {fmt(m['precision'])}  R {fmt(m['recall'])}"
+                f"  (n={m['n_truth']}, {m['n_pred']} detections, infer "
+                f"{time.perf_counter() - t0:.1f} s)"
+            )
+    if "few" in cases:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from bench_infer import unseen_scenes
+
+        image, labels = few_labels_set(work)
+        config = load_config(args.few_config, {"train.epochs": args.epochs})
+        t0 = time.perf_counter()
+        model = train([str(image)], str(labels), config=config, out_dir=work / "run_few",
+                      device=args.device, seed=0)  # fmt: skip
+        secs = time.perf_counter() - t0
+        images, truth = unseen_scenes(work / "unseen", "test", gsd=0.25, colour_cast=None)
+        pred = infer(model, images, out=work / "few_pred.gpkg", device=args.device)
+        m = scores(pred, truth, 0.5)
+        parts = []
+        for cls, c in m.items():
+            hd = c["heading_correct_rate"]
+            parts.append(
+                f"{cls} AP50 {fmt(c['ap'])} R {fmt(c['recall'])}"
+                + ("" if hd is None else f" headings right {hd:.0%}")
+            )
+        results["few"] = m
+        print(f"few   train {secs:.0f} s | " + " | ".join(parts))
+    (work / "results.json").write_text(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
