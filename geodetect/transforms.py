@@ -163,12 +163,16 @@ def draw_params(rng: np.random.Generator, cfg: Any, max_shift: float) -> ChipPar
 def _sensor_pipe(p: float, rgb: bool) -> A.Compose:
     """Built once per setting (building an albumentations pipeline costs more than running it);
     each chip reseeds it."""
+    import albumentations as A
+
     return A.Compose(_sensor_ops(p, rgb), seed=0)
 
 
 def _sensor_ops(p: float, rgb: bool) -> list[A.BasicTransform]:
     """Changes real cameras and orthophoto mosaics make: colour balance, defocus, sensor
     noise, compression, cloud and terrain shadows. Each is applied with probability p."""
+    import albumentations as A
+
     ops: list[A.BasicTransform] = [
         A.GaussianBlur(blur_limit=(3, 5), p=p),
         A.GaussNoise(std_range=(0.01, 0.05), p=p),
