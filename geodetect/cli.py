@@ -89,6 +89,8 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         resume=args.resume,
         shard=args.shard,
         precision=args.precision,
+        aoi=args.aoi,
+        mosaic=args.mosaic,
     )
     print(out)
     return 0
@@ -225,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--stac", nargs="+", metavar="ITEM", help="STAC item(s) (JSON file or URL) as scenes"
     )
     p.add_argument("--asset", metavar="KEY", help="the items' asset to read (default: visual)")
+    p.add_argument(
+        "--aoi", metavar="POLYGONS", help="only tiles meeting these polygons (any CRS) are read"
+    )
+    p.add_argument(
+        "--mosaic", action="store_true", help="the scenes are abutting tiles of one surface"
+    )
     # scale-out (docs/scaleout.md)
     p.add_argument("--from-list", metavar="FILE", help="more scenes (or STAC items), one per line")
     p.add_argument("--workers", type=int, metavar="N", help="run tasks on a local Dask cluster")

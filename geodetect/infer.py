@@ -22,12 +22,15 @@ from rasterio.windows import Window
 
 from geodetect import geometry
 from geodetect import tta as tta_passes
+from geodetect.aoi import clip_tasks, keep_inside
 from geodetect.atomic import check_out_dir
 from geodetect.config import Config, InferConfig
 from geodetect.decoding import decode_arrays
 from geodetect.errors import CRSError, GeodetectError, InputError, ModelError
 from geodetect.merge import empty_detections, merge_detections  # noqa: F401 - re-exported
+from geodetect.mosaic import name_by_source
 from geodetect.raster import Grid
+from geodetect.remote import display_name
 
 VECTOR_SUFFIXES = {".gpkg", ".geojson", ".json", ".shp", ".fgb"}
 TASK_ROWS_PX = 4096  # height of a task's block of tile rows
@@ -61,6 +64,9 @@ class Task:
     tile: int = 512  # tile side actually read (a scene smaller than the tile gets one tile)
     index: int = 0
     n_tasks: int = 1
+    aoi: Any = None  # area of interest in the grid's CRS: detections kept by centre (aoi.py)
+    group: str | None = None  # merge key when not the scene (a mosaic of files in many CRSs)
+    sources: tuple | None = None  # a mosaic VRT's files, to name detections (mosaic.py)
 
 
 @dataclass
@@ -360,7 +366,7 @@ def run_task(
                 heads.append(np.asarray(d["headings"], np.float64).reshape(-1)[keep])
                 if on_tile:
                     on_tile()
-    name = Path(task.image).name
+    name = display_name(task.image)
     if not boxes or sum(len(b) for b in boxes) == 0:
         frame = empty_detections(g.crs)
     else:
@@ -374,6 +380,10 @@ def run_task(
         names = [det.meta["classes"][i] for i in c[keep]]
         frame = detections_frame(b[keep], s[keep], names, h[keep], g, name)
         frame.loc[upright[keep], "angle_deg"] = 0.0  # no orientation (contract)
+    frame = keep_inside(frame, task.aoi)
+    if task.sources:
+        name_by_source(frame, task.sources)
+    frame.attrs["scene"] = task.group or task.image  # merge key: the full path, not the name
     frame.attrs["valid_tiles"] = n_valid  # a scene with none at all is an input error
     return frame
 
@@ -405,6 +415,8 @@ def infer(
     resume: bool = False,
     shard: str | None = None,
     precision: str = "fp32",
+    aoi: Any = None,
+    mosaic: bool = False,
 ) -> Path:
     """`geodetect infer`: detect objects over whole scenes into one detections file.
 
@@ -414,6 +426,9 @@ def infer(
     `workers` / `scheduler` pick a Dask engine, `resume` reuses finished tasks, `shard="i/N"`
     runs one shard (see docs/scaleout.md). `model` may be an exported `.onnx` (ONNX
     Runtime); `precision="bf16"` runs a .pt under CPU bfloat16 autocast.
+    `aoi` (a vector file in any CRS, a GeoDataFrame, or {"bounds", "crs"}): only tiles that
+    meet it are read, only detections centred in it kept. `mosaic=True`: the scenes are one
+    surface (a VRT), so an object across a file edge is found once.
     """
     out = check_out_dir(out)
     if out.suffix.lower() not in VECTOR_SUFFIXES:
@@ -423,14 +438,16 @@ def infer(
 
     parse_shard(shard)  # a bad --shard fails before any work
     check_scheduler(scheduler)
-    check_outputs(out, shard, [model, *images, *(pointclouds or [])])
+    aoi_file = [aoi] if isinstance(aoi, (str, Path)) else []
+    check_outputs(out, shard, [model, *images, *(pointclouds or []), *aoi_file])
     remote = bool(workers or scheduler)  # the workers resolve `device`; here only the meta
     det = load_detector(model, "cpu" if remote else device, precision)
     settings = resolve_settings(
         det.meta, tile=tile, overlap=overlap, batch_size=batch_size, threshold=threshold, tta=tta
     )
     det.batch_size = settings.batch_size
-    tasks = plan_tasks([str(i) for i in images], pointclouds, det.meta, settings)
+    tasks = plan_surface([str(i) for i in images], pointclouds, det.meta, settings, out, mosaic)
+    tasks = clip_tasks(tasks, aoi)
     return run_inference(
         tasks,
         det,
@@ -444,6 +461,31 @@ def infer(
         shard=shard,
         progress=progress,
     )
+
+
+def plan_surface(
+    images: list[str],
+    pointclouds: list[str | Path] | None,
+    meta: dict,
+    settings: Settings,
+    out: Path,
+    mosaic: bool = False,
+) -> list[Task]:
+    """`plan_tasks`, or with `mosaic` the tasks of the scenes as one surface (mosaic.py)."""
+    if not mosaic:
+        return plan_tasks(images, pointclouds, meta, settings)
+    import dataclasses
+
+    from geodetect.mosaic import plan
+    from geodetect.scaleout import parts_dir
+
+    if pointclouds:
+        raise InputError("--mosaic reads scenes only; run models with elevation scene by scene")
+    for image in images:
+        _check_scene(image, meta)  # band and file errors name the file, not the VRT
+    surface = plan(images, parts_dir(out))
+    tasks = plan_tasks(surface.images, None, meta, settings)
+    return [dataclasses.replace(t, group=surface.group, sources=surface.sources) for t in tasks]
 
 
 def _check_some_valid(tasks: list[Task], frames: list[gpd.GeoDataFrame]) -> None:

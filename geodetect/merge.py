@@ -76,8 +76,10 @@ def merge_detections(
 ) -> gpd.GeoDataFrame:
     """One detections frame from per-task frames: reprojected to `crs` (default: the first
     frame's; angles and headings turned to its grid north), duplicates from overlapping tasks
-    removed per image and class by rotated NMS. CRSError when CRS-less and georeferenced
-    frames are mixed."""
+    removed per scene and class by rotated NMS. A scene is its full path or URL
+    (`frame.attrs["scene"]`, set by infer), so scenes that share a file name (STAC assets
+    all called TCI.tif) are not merged together; the `image` column when absent. CRSError
+    when CRS-less and georeferenced frames are mixed."""
     from geodetect.north import reproject_detections
 
     frames = [f for f in frames if f is not None]
@@ -89,13 +91,20 @@ def merge_detections(
             "scenes with and without a CRS cannot go into one detections file; "
             "run them into separate --out files"
         )
+    scenes = [
+        np.full(len(f), f.attrs["scene"], dtype=object)
+        if isinstance(f.attrs.get("scene"), str)
+        else f["image"].astype(str).to_numpy(object)
+        for f in frames
+        if len(f)
+    ]
     parts = [reproject_detections(f, crs) for f in frames]
     parts = [f for f in parts if len(f)]
     if not parts:
         return empty_detections(crs)
     gdf = gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), crs=crs)
     gdf = gdf[[*DETECTION_FIELDS, "geometry"]]
-    keys = gdf["image"].astype(str) + "\x00" + gdf["class"].astype(str)
+    keys = pd.Series(np.concatenate(scenes), index=gdf.index) + "\x00" + gdf["class"].astype(str)
     _, codes = np.unique(keys.to_numpy(), return_inverse=True)
     keep = geometry.rotated_nms(
         polygon_boxes(gdf), gdf["score"].to_numpy(float), nms_iou, classes=codes

@@ -41,7 +41,7 @@ from geodetect.manifest import (
     shard_select,
     task_key,
 )
-from geodetect.remote import is_remote
+from geodetect.remote import display_name, is_remote
 
 Runner = Callable[[Any], gpd.GeoDataFrame]
 Merge = Callable[[list[gpd.GeoDataFrame]], gpd.GeoDataFrame]
@@ -401,6 +401,8 @@ def infer_items(tasks: Sequence[Any], model_hash: str, settings: Any) -> list[Wo
     """
     from dataclasses import asdict
 
+    import shapely
+
     params = {k: v for k, v in asdict(settings).items() if k != "batch_size"}
     sums: dict[str, str] = {}
 
@@ -416,8 +418,12 @@ def infer_items(tasks: Sequence[Any], model_hash: str, settings: Any) -> list[Wo
         tiles[t.image] = tiles.get(t.image, 0) + len(t.windows)
     items = []
     for t in tasks:
-        name = Path(t.image).name
+        name = display_name(t.image)
         extent = {"index": t.index, "n": t.n_tasks, "tile": t.tile, "windows": t.windows}
+        aoi = getattr(t, "aoi", None)  # what is kept, and how it is named and merged
+        extent["aoi"] = None if aoi is None else shapely.to_wkb(aoi, hex=True)
+        extent["group"] = getattr(t, "group", None)
+        extent["sources"] = getattr(t, "sources", None)
         key = task_key(
             model=model_hash,
             scene=checksum(t.image),
