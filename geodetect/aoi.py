@@ -83,8 +83,8 @@ def clip_task(task: Any, geom: Any) -> Any:
     xs = np.stack([c[0] for c in corners], axis=1)
     ys = np.stack([c[1] for c in corners], axis=1)
     tiles = shapely.polygons(np.stack([xs, ys], axis=-1))
-    prepared = shapely.prepare(geom) or geom
-    meets = shapely.intersects(prepared, tiles)
+    shapely.prepare(geom)  # in place: many tiles against one area
+    meets = shapely.intersects(geom, tiles)
     wins = tuple(w for w, ok in zip(task.windows, meets, strict=True) if ok)
     return dataclasses.replace(task, windows=wins, aoi=geom)
 

@@ -65,6 +65,7 @@ def read_boxes(path: str | Path, fmt: str | None = None) -> list[ImageBoxes]:
 def vector_to_boxes(gdf: gpd.GeoDataFrame, scenes: list, source: str) -> list[ImageBoxes]:
     """A label or detection table as per-scene pixel boxes (detections keep their scores)."""
     from geodetect.labels import _affine, heading_to_pixel, polygons_to_boxes, validate_labels
+    from geodetect.north import reproject_detections
     from geodetect.raster import Grid
 
     detections = "label" not in gdf and "score" in gdf
@@ -80,7 +81,7 @@ def vector_to_boxes(gdf: gpd.GeoDataFrame, scenes: list, source: str) -> list[Im
         groups = []
         taken = np.zeros(len(gdf), bool)
         for s in scenes:
-            sub = gdf if gdf.crs is None or s.grid.crs is None else gdf.to_crs(s.grid.crs)
+            sub = reproject_detections(gdf, s.grid.crs)  # headings to the scene's grid north
             named = sub["image"].map(_name) if "image" in sub else pd.Series([""] * len(sub))
             scene_name = display_name(s.path)
             on = named.to_numpy() == scene_name
@@ -131,6 +132,7 @@ def boxes_to_vector(
     An image that matches none of `scenes` is an error when `strict`, else left out (training
     on some of a dataset's images)."""
     from geodetect.labels import detections_frame, labels_frame
+    from geodetect.north import reproject_detections
     from geodetect.raster import Grid, open_raster
 
     frames, crs = [], None
@@ -154,7 +156,7 @@ def boxes_to_vector(
         if frames and (crs is None) != (f.crs is None):
             raise InputError("some images have a CRS and some have none; give every --image")
         if frames and crs is not None and not f.crs.equals(crs):
-            f = f.to_crs(crs)  # angles as drawn: the convergence between zones is ignored
+            f = reproject_detections(f, crs)  # headings turned by the meridian convergence
         crs = f.crs if not frames else crs
         frames.append(f)
     if not frames:

@@ -192,63 +192,28 @@ def _train(p: dict, emit: _Emitter) -> dict:
 
 
 def _detect(p: dict, emit: _Emitter) -> dict:
-    """The CLI's `infer` for the scene; for a region, the same tasks and merge, clipped."""
+    """The CLI's `infer` for the scene; a region (the view) is its area of interest."""
+    from geodetect.aoi import OutsideError
+    from geodetect.infer import infer
+
     emit.progress({"stage": "detect"}, force=True)
     out = Path(p["out"])
-    if not p.get("region"):
-        from geodetect.infer import infer
-
+    try:
         infer(
             model=p["model"],
             images=[p["image"]],
             pointclouds=p.get("clouds"),
             out=out,
             threshold=p.get("threshold"),
+            aoi=p.get("region"),
         )
-        return {"detections": str(out)}
-    from geodetect.infer import load_detector, plan_tasks, resolve_settings
-    from geodetect.scaleout import run_inference
-
-    det = load_detector(p["model"], "auto")
-    settings = resolve_settings(det.meta, threshold=p.get("threshold"))
-    det.batch_size = settings.batch_size
-    tasks = plan_tasks([p["image"]], p.get("clouds"), det.meta, settings)
-    tasks = [t for t in (_clip_task(t, p["region"]) for t in tasks) if t.windows]
-    if not tasks:
+    except OutsideError:  # the view is off the scene: nothing there
         from geodetect.labels import write_vector
         from geodetect.merge import empty_detections
         from geodetect.raster import open_raster
 
         write_vector(empty_detections(open_raster(p["image"]).grid.crs), out)
-        return {"detections": str(out)}
-    run_inference(tasks, det, settings, model=p["model"], out=out)
     return {"detections": str(out)}
-
-
-def _clip_task(task: Any, region: dict) -> Any:
-    """The task's tiles that meet a region {"bounds": (left, bottom, right, top), "crs": WKT}."""
-    import dataclasses
-
-    import numpy as np
-
-    left, bottom, right, top = region["bounds"]
-    xy = np.array([[left, bottom], [right, top], [left, top], [right, bottom]], np.float64)
-    if region.get("crs") and task.grid.crs is not None:
-        from pyproj import CRS, Transformer
-
-        tr = Transformer.from_crs(
-            CRS.from_user_input(region["crs"]),
-            CRS.from_user_input(task.grid.crs.to_wkt()),
-            always_xy=True,
-        )
-        xy = np.stack(tr.transform(xy[:, 0], xy[:, 1]), axis=1)
-    inv = ~task.grid.transform
-    px = np.array([inv * (float(x), float(y)) for x, y in xy])
-    c0, r0 = px.min(axis=0)
-    c1, r1 = px.max(axis=0)
-    t = task.tile
-    wins = tuple((c, r) for c, r in task.windows if c < c1 and c + t > c0 and r < r1 and r + t > r0)
-    return dataclasses.replace(task, windows=wins)
 
 
 def _samples(p: dict, emit: _Emitter) -> dict:

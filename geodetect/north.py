@@ -12,6 +12,7 @@ from typing import Any
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import shapely
 from pyproj import Transformer
 
@@ -44,7 +45,8 @@ def turn(src: gpd.GeoDataFrame, dst: gpd.GeoDataFrame) -> np.ndarray:
 
 
 def reproject_detections(gdf: gpd.GeoDataFrame, crs: Any) -> gpd.GeoDataFrame:
-    """A detections frame in `crs`, `angle_deg` / `heading_deg` turned to its grid north.
+    """A detections (or labels) frame in `crs`, `angle_deg` / `heading_deg` turned to its
+    grid north (whichever of the two the frame has; empty headings stay empty).
 
     Lengths stay as they were (metres in both CRSs, scale factors aside).
     """
@@ -54,6 +56,7 @@ def reproject_detections(gdf: gpd.GeoDataFrame, crs: Any) -> gpd.GeoDataFrame:
     if len(moved) == 0:
         return moved
     t = turn(gdf, moved)
-    moved["angle_deg"] = (moved["angle_deg"].to_numpy(float) + t) % 180.0
-    moved["heading_deg"] = (moved["heading_deg"].to_numpy(float) + t) % 360.0
+    for col, period in (("angle_deg", 180.0), ("heading_deg", 360.0)):
+        if col in moved.columns:
+            moved[col] = (pd.to_numeric(moved[col], errors="coerce").to_numpy(float) + t) % period
     return moved
