@@ -190,3 +190,28 @@ def test_other_tools_plain_shapes(tmp_path):
     )
     (img,) = read_boxes(cvat)
     np.testing.assert_allclose(img.boxes, [[14.0, 7.0, 8.0, 4.0, 90.0]])
+
+
+def test_reprojecting_turns_headings_by_the_meridian_convergence(tmp_path):
+    """Labels drawn in UTM 33 converted for a scene in UTM 34 (same place, ~4° of grid
+    convergence apart): the front keeps pointing the same true direction."""
+    from geodetect.north import turn
+
+    labels33 = labels_frame(BOXES[:1], CLASSES[:1], HEADS[:1], [], _scene(tmp_path, False)[1])
+    src = write_vector(labels33, tmp_path / "l33.gpkg")
+    moved = labels33.to_crs("EPSG:32634")
+    x0, y0 = (round(v) - 50 for v in moved.geometry.iloc[0].centroid.coords[0])
+    transform = Affine(0.5, 0, x0, 0, -0.5, y0 + 100)
+    scene = tmp_path / "s34.tif"
+    with rasterio.open(
+        scene, "w", driver="GTiff", width=300, height=300, count=3, dtype="uint8",
+        crs="EPSG:32634", transform=transform,
+    ) as ds:  # fmt: skip
+        ds.write(np.full((3, 300, 300), 90, np.uint8))
+    coco = tmp_path / "l.json"
+    convert_labels(src, coco, [str(scene)])
+    back = read_labels(coco, scenes=[open_raster(scene)])
+    expected = (HEADS[0] + turn(labels33, moved)[0]) % 360
+    assert abs(geometry.angle_difference(expected, HEADS[0], 360)) > 3  # a real turn
+    got = float(back["heading_deg"].iloc[0])
+    assert abs(geometry.angle_difference(got, expected, 360)) < 1e-3
