@@ -89,27 +89,6 @@ def clip_task(task: Any, geom: Any) -> Any:
     return dataclasses.replace(task, windows=wins, aoi=geom)
 
 
-def clip_tasks(tasks: list, aoi: Any) -> list:
-    """Tasks cut to an area of interest; tasks with no tile in it are dropped.
-
-    OutsideError when the area meets no scene (usually a wrong CRS or the wrong file)."""
-    area = load_area(aoi)
-    if area is None:
-        return tasks
-    geoms: dict[Any, Any] = {}
-    out = []
-    for task in tasks:
-        key = None if task.grid.crs is None else task.grid.crs.to_wkt()
-        if key not in geoms:
-            geoms[key] = in_crs(area, task.grid.crs)
-        clipped = clip_task(task, geoms[key])
-        if clipped.windows:
-            out.append(clipped)
-    if not out:
-        raise OutsideError(f"--aoi {area.source}: does not overlap any scene; nothing to detect")
-    return out
-
-
 def keep_inside(frame: gpd.GeoDataFrame, geom: Any) -> gpd.GeoDataFrame:
     """Detections whose centre lies inside the area (its boundary counts as inside)."""
     if geom is None or len(frame) == 0:

@@ -8,6 +8,7 @@ batch at a time (the next batch is read in a background thread while the network
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ from rasterio.windows import Window
 
 from geodetect import geometry
 from geodetect import tta as tta_passes
-from geodetect.aoi import clip_tasks, keep_inside
+from geodetect.aoi import OutsideError, clip_task, in_crs, keep_inside, load_area
 from geodetect.atomic import check_out_dir
 from geodetect.config import Config, InferConfig
 from geodetect.decoding import decode_arrays
@@ -183,8 +184,12 @@ def plan_tasks(
     meta: dict,
     settings: Settings,
     rows_px: int = TASK_ROWS_PX,
+    aoi: Any = None,
 ) -> list[Task]:
-    """Check every scene first (nothing is written on bad input), then cut each into tasks."""
+    """Check every scene first (nothing is written on bad input), then cut each into tasks.
+
+    With an area of interest (`geodetect.aoi`) only the tiles that meet it stay, and a scene
+    with none is neither sampled for statistics nor run."""
     from geodetect.raster import tile_windows, working_grid
 
     if pointclouds and len(pointclouds) != len(images):
@@ -195,6 +200,7 @@ def plan_tasks(
         raise InputError("the model uses elevation: give --pointcloud LAS for every IMAGE")
     clouds = [str(p) for p in pointclouds] if (pointclouds and meta.get("elevation")) else None
     tasks: list[Task] = []
+    area = load_area(aoi)
     for i, image in enumerate(map(str, images)):
         info = _check_scene(image, meta)
         grid = working_grid(info, gsd=float(meta["gsd"]))
@@ -205,7 +211,6 @@ def plan_tasks(
             )
         if clouds:
             _check_cloud(clouds[i], grid, image)
-        stats = _scene_stats(image, meta)
         multiple = int(meta.get("arch", {}).get("multiple", 32))
         side = math.ceil(max(grid.width, grid.height) / multiple) * multiple
         tile = min(settings.tile, side)
@@ -217,10 +222,20 @@ def plan_tasks(
         step = max(1, tile - settings.overlap)
         per_task = max(1, min(rows_px // step, TASK_MAX_PX // (grid.width * step)))
         blocks = [rows[j : j + per_task] for j in range(0, len(rows), per_task)]
-        for j, block in enumerate(blocks):
-            sel = tuple(o for o in offsets if block[0] <= o[1] <= block[-1])
-            cloud = clouds[i] if clouds else None
-            tasks.append(Task(image, cloud, grid, sel, stats, tile, j, len(blocks)))
+        cloud = clouds[i] if clouds else None
+        mine = [
+            Task(image, cloud, grid, tuple(o for o in offsets if b[0] <= o[1] <= b[-1]), None, tile)
+            for b in blocks
+        ]
+        if area is not None:
+            geom = in_crs(area, grid.crs)
+            mine = [t for t in (clip_task(t, geom) for t in mine) if t.windows]
+        if mine:
+            stats = _scene_stats(image, meta)
+            n = len(mine)
+            tasks += [
+                dataclasses.replace(t, stats=stats, index=j, n_tasks=n) for j, t in enumerate(mine)
+            ]
     return tasks
 
 
@@ -440,14 +455,18 @@ def infer(
     check_scheduler(scheduler)
     aoi_file = [aoi] if isinstance(aoi, (str, Path)) else []
     check_outputs(out, shard, [model, *images, *(pointclouds or []), *aoi_file])
+    area = load_area(aoi)  # a bad area fails before the model loads
     remote = bool(workers or scheduler)  # the workers resolve `device`; here only the meta
     det = load_detector(model, "cpu" if remote else device, precision)
     settings = resolve_settings(
         det.meta, tile=tile, overlap=overlap, batch_size=batch_size, threshold=threshold, tta=tta
     )
     det.batch_size = settings.batch_size
-    tasks = plan_surface([str(i) for i in images], pointclouds, det.meta, settings, out, mosaic)
-    tasks = clip_tasks(tasks, aoi)
+    tasks = plan_surface(
+        [str(i) for i in images], pointclouds, det.meta, settings, out, mosaic, area
+    )
+    if not tasks and area is not None:
+        raise OutsideError(f"--aoi {area.source}: does not overlap any scene; nothing to detect")
     return run_inference(
         tasks,
         det,
@@ -470,12 +489,11 @@ def plan_surface(
     settings: Settings,
     out: Path,
     mosaic: bool = False,
+    aoi: Any = None,
 ) -> list[Task]:
     """`plan_tasks`, or with `mosaic` the tasks of the scenes as one surface (mosaic.py)."""
     if not mosaic:
-        return plan_tasks(images, pointclouds, meta, settings)
-    import dataclasses
-
+        return plan_tasks(images, pointclouds, meta, settings, aoi=aoi)
     from geodetect.mosaic import plan
     from geodetect.scaleout import parts_dir
 
@@ -484,7 +502,7 @@ def plan_surface(
     for image in images:
         _check_scene(image, meta)  # band and file errors name the file, not the VRT
     surface = plan(images, parts_dir(out))
-    tasks = plan_tasks(surface.images, None, meta, settings)
+    tasks = plan_tasks(surface.images, None, meta, settings, aoi=aoi)
     return [dataclasses.replace(t, group=surface.group, sources=surface.sources) for t in tasks]
 
 

@@ -93,7 +93,7 @@ def _centres_px(gdf) -> np.ndarray:
 # ------------------------------------------------------------------ area of interest
 
 
-def test_aoi_reads_only_tiles_in_it_and_keeps_centres_inside(model, tmp_path):
+def test_aoi_reads_only_tiles_in_it_and_keeps_centres_inside(model, tmp_path, monkeypatch):
     path, reads = model
     cars = _cars((40, 40, 30, 12), (70, 200, 30, 12), (200, 60, 30, 12), (110, 150, 30, 12))
     scene = _write(tmp_path / "s.tif", paint(256, cars, np.full(len(cars), np.nan)))
@@ -109,19 +109,22 @@ def test_aoi_reads_only_tiles_in_it_and_keeps_centres_inside(model, tmp_path):
     full = infer(path, [scene], out=tmp_path / "all.gpkg", tile=TILE, overlap=OVERLAP)
     n_all = len(reads)
     reads.clear()
-    assert (
-        main(
-            ["infer", str(path), scene, "--aoi", str(aoi), "--out", str(tmp_path / "in.gpkg")]
-            + ["--tile", str(TILE), "--overlap", str(OVERLAP)]
-        )
-        == 0
+    # a second scene east of the area: neither its tiles nor its statistics are read
+    far = _write(tmp_path / "far.tif", paint(128, cars[:1], np.array([np.nan])), col0=1000)
+    sampled = []
+    stats = infer_mod._scene_stats
+    monkeypatch.setattr(
+        infer_mod, "_scene_stats", lambda image, meta: sampled.append(image) or stats(image, meta)
     )
+    argv = ["infer", str(path), scene, far, "--aoi", str(aoi), "--tile", str(TILE)]
+    assert main([*argv, "--overlap", str(OVERLAP), "--out", str(tmp_path / "in.gpkg")]) == 0
+    assert sampled == [scene]
     assert len(read_vector(full)) == 4
     kept = read_vector(tmp_path / "in.gpkg")
     np.testing.assert_allclose(np.sort(_centres_px(kept), axis=0), [[40, 40], [70, 200]], atol=1e-6)
     # no tile was read that does not meet the area (tile starts every TILE - OVERLAP px)
     assert 0 < len(reads) < n_all
-    assert all(col < 100 for _, col, _ in reads)
+    assert all(col < 100 and image == scene for image, col, _ in reads)
 
 
 def test_aoi_outside_every_scene_is_one_line(model, tmp_path, capsys):
