@@ -31,6 +31,7 @@ class Area:
     geometry: Any  # one shapely (Multi)Polygon
     crs: Any
     source: str  # for messages: the file name, or "region"
+    crs_assumed: bool = False  # a GeoJSON without a crs member: pixels for a CRS-less scene
 
 
 def load_area(aoi: Any) -> Area:
@@ -42,7 +43,7 @@ def load_area(aoi: Any) -> Area:
         return Area(shapely.box(*map(float, aoi["bounds"])), aoi.get("crs"), "region")
     if isinstance(aoi, (gpd.GeoDataFrame, gpd.GeoSeries)):
         geoms = aoi if isinstance(aoi, gpd.GeoSeries) else aoi.geometry
-        crs, source = aoi.crs, "aoi"
+        crs, source, assumed = aoi.crs, "aoi", False
     else:
         from geodetect.errors import LabelError
         from geodetect.labels import read_vector
@@ -52,15 +53,18 @@ def load_area(aoi: Any) -> Area:
         except LabelError as exc:
             raise InputError(f"--aoi {exc}") from None
         geoms, crs, source = frame.geometry, frame.crs, Path(str(aoi)).name
+        assumed = bool(frame.attrs.get("crs_assumed"))
     polys = [g for g in shapely.get_parts(np.asarray(geoms)) if g is not None and not g.is_empty]
     polys = [g for g in polys if shapely.get_type_id(g) in (3, 6)]
     if not polys:
         raise InputError(f"--aoi {source}: has no polygons; give the area as polygons")
-    return Area(shapely.make_valid(shapely.union_all(polys)), crs, source)
+    return Area(shapely.make_valid(shapely.union_all(polys)), crs, source, assumed)
 
 
 def in_crs(area: Area, crs: Any) -> Any:
     """The area's geometry in `crs` (a scene's working CRS; None for a pixel frame)."""
+    if crs is None and area.crs_assumed:
+        return area.geometry  # rasterio's pixel frame, as for label files
     if crs is None and area.crs is not None:
         raise CRSError(f"--aoi {area.source}: has a CRS but the scene has none")
     if crs is not None and area.crs is None:

@@ -241,3 +241,24 @@ def test_presigned_url_is_named_without_its_query(model, tmp_path):
         url = f"{base}/b.tif?X-Amz-Signature=abc"
         out = infer(path, [url], out=tmp_path / "d.gpkg", tile=TILE, overlap=OVERLAP)
     assert list(read_vector(out)["image"]) == ["b.tif"]
+
+
+def test_aoi_frames_follow_the_label_file_rules(tmp_path):
+    """A GeoJSON without a crs member is pixels for a CRS-less scene (as label files are);
+    an area with a CRS for a scene without one, or the reverse, is a CRSError."""
+    import geopandas as gpd
+
+    from geodetect.aoi import in_crs, load_area
+    from geodetect.errors import CRSError
+
+    plain = tmp_path / "px.geojson"
+    plain.write_text(
+        '{"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {}, '
+        '"geometry": {"type": "Polygon", "coordinates": [[[0,0],[10,0],[10,5],[0,5],[0,0]]]}}]}'
+    )
+    assert in_crs(load_area(plain), None).bounds == (0.0, 0.0, 10.0, 5.0)
+    utm = gpd.GeoDataFrame(geometry=[shapely.box(0, 0, 1, 1)], crs=CRS)
+    with pytest.raises(CRSError, match="the scene has none"):
+        in_crs(load_area(write_vector(utm, tmp_path / "a.gpkg")), None)
+    with pytest.raises(CRSError, match="has no CRS"):
+        in_crs(load_area(gpd.GeoDataFrame(geometry=[shapely.box(0, 0, 1, 1)])), CRS)
