@@ -137,7 +137,7 @@ def test_samples_run_beside_the_scene(make_napari_viewer, scene, sample_small, q
     timer.start(20)
     job = dock.show_samples()
     assert job is not None
-    qtbot.waitUntil(lambda: dock.job is None, timeout=120_000)
+    qtbot.waitUntil(lambda: not dock.busy, timeout=120_000)
     timer.stop()
     assert dock.last_error is None, dock.last_error
     gallery = next(ly for ly in dock.viewer.layers if ly.name.startswith("samples"))
@@ -182,6 +182,7 @@ def test_accept_reject_keys_on_a_thousand_detections(make_napari_viewer, scene, 
         crs="EPSG:32633",
     )
     dock.show_detections(gdf)
+    qtbot.waitUntil(lambda: not dock.busy, timeout=60_000)
     det = dock.layer(ll.DETECTIONS)
     times = []
     for k in range(6):
@@ -193,4 +194,6 @@ def test_accept_reject_keys_on_a_thousand_detections(make_napari_viewer, scene, 
     assert dock.label_counts() == {"positives": {"vehicle": 3}, "negatives": 3}
     print("accept/reject per key (s):", [round(x, 3) for x in times])
     assert np.median(times) < 1.0  # was ~1.3 s (+ the repaint); 2 shared cores: loose
-    assert dock.undo() and len(det.data) == 995
+    assert dock.undo()
+    qtbot.waitUntil(lambda: not dock.busy, timeout=60_000)
+    assert len(det.data) == 995

@@ -362,6 +362,11 @@ class GeodetectWidget(QWidget):
     def job(self) -> Job | None:
         return self.work.job
 
+    @property
+    def busy(self) -> bool:
+        """A job runs, or a large set of shapes is still being written into a layer."""
+        return self.work.job is not None or bool(self.layers and self.layers.busy)
+
     def show_samples(self, out_dir: str | Path | None = None) -> Job | None:
         return self.work.show_samples(out_dir)
 
