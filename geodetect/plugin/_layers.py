@@ -22,7 +22,7 @@ STYLE = {
     ll.NEGATIVES: {"face_color": [1, 0, 0, 0.2], "edge_color": "red"},
     ll.DETECTIONS: {"face_color": [0, 0, 0, 0], "edge_color": "cyan"},
 }
-CHUNK = 50  # shapes written per event-loop turn (napari triangulates each one)
+CHUNK = 25  # shapes written per event-loop turn (napari triangulates each one)
 ARROWS = {ll.HEADINGS: ("positives", "orange")}
 
 
@@ -114,8 +114,12 @@ class LabelLayers:
         try:
             layer.selected_data = set()
             gone = _removed(old, new) if old is not None else None
-            if old is not None and len(new) > len(old) and _same(new.data[: len(old)], old.data):
-                layer.add_polygons(list(new.data[len(old) :]))
+            appended = old is not None and len(new) > len(old)
+            if appended and _same(new.data[: len(old)], old.data):
+                self._filling[kind] = new
+                self._quiet = False
+                self._fill(kind, new, len(old))
+                return
             elif gone:
                 layer.selected_data = set(gone)
                 layer.remove_selected()
