@@ -184,16 +184,20 @@ def test_accept_reject_keys_on_a_thousand_detections(make_napari_viewer, scene, 
     dock.show_detections(gdf)
     qtbot.waitUntil(lambda: not dock.busy, timeout=60_000)
     det = dock.layer(ll.DETECTIONS)
+    actions: list[str] = []
+    det.events.data.connect(lambda e: actions.append(e.action))
     times = []
     for k in range(6):
         det.selected_data = {k * 11}
         t0 = time.perf_counter()
         canvas.key("a" if k % 2 == 0 else "x")
         times.append(time.perf_counter() - t0)
+    # one shape removed per key; the old dock rebuilt the whole layer (remove all, add all)
+    assert set(actions) == {"removing", "removed"} and actions.count("removed") == 6
     assert len(det.data) == 994
     assert dock.label_counts() == {"positives": {"vehicle": 3}, "negatives": 3}
     print("accept/reject per key (s):", [round(x, 3) for x in times])
-    assert np.median(times) < 1.0  # was ~1.3 s (+ the repaint); 2 shared cores: loose
+    assert np.median(times) < 3.0  # a sanity bound: the shared 2 cores ran at load 10-20
     assert dock.undo()
     qtbot.waitUntil(lambda: not dock.busy, timeout=60_000)
     assert len(det.data) == 995
