@@ -57,7 +57,11 @@ class Work(QObject):
         if self.job is not None:
             self.dock.say(f"{self.job.kind} is still running; wait or cancel it", error=True)
             return None
-        self.job = Job(kind, params)
+        try:
+            self.job = Job(kind, params)
+        except OSError as exc:
+            self.dock.say(f"{kind} could not start: {exc}", error=True)
+            return None
         self._on_job_result = on_result
         self.dock.train_tab.running(kind == "train")
         self.dock.detect_tab.running(kind == "detect")
@@ -98,6 +102,7 @@ class Work(QObject):
         from geodetect.plugin._gallery import add_gallery
 
         out = Path(out_dir or tempfile.mkdtemp(prefix="geodetect-samples-"))
+        out.mkdir(parents=True, exist_ok=True)
         labels = (
             self.dock.save_labels(out / "labels.gpkg") if self.dock.ensure_label_layers() else None
         )
@@ -138,7 +143,8 @@ class Work(QObject):
     def _trained(self, result: dict) -> None:
         self.dock.model_path = Path(result["model"])
         self.dock.detect_tab.model.setText(str(self.dock.model_path))
-        self.dock.say(f"trained {self.dock.model_path.name}; now Detect (tab) and review")
+        run = self.dock.model_path.parent.name
+        self.dock.say(f"trained {run}/model.pt; now Detect (tab) and review")
 
     def visible_region(self) -> dict | None:
         """The scene's visible part {"bounds": (left, bottom, right, top), "crs": WKT} from the
