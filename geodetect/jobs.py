@@ -38,8 +38,8 @@ def train_params(
     init: str | Path | None = None,
     config: str | Path | None = None,
 ) -> dict:
-    """The one place that builds a training job. `init` (a previous model.pt) is for the
-    warm start `geodetect train --init`; it is passed on only once the trainer accepts it."""
+    """The one place that builds a training job. `init` (a previous model.pt) warm-starts it
+    (`geodetect train --init`): a review round fine-tunes instead of training from nothing."""
     params: dict[str, Any] = {
         "images": [str(i) for i in images],
         "labels": str(labels),

@@ -461,6 +461,7 @@ def _train(
             "train_negative_patches": len(neg),
             "val_views": len(vpos) + len(vneg),
             "epochs": history,
+            "init": str(init) if init is not None else None,  # warm start's provenance
         }
         with atomic_path(out / "metrics.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=2))

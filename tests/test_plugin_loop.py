@@ -7,6 +7,7 @@ Screenshots of the three tabs go to $GEODETECT_SHOTS (docs/images for the docs) 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -187,11 +188,13 @@ def test_label_train_detect_review_loop(make_napari_viewer, sample_small, tmp_pa
     assert _labels(side)["negative"] == n_neg
     viewer.screenshot(str(shots / "napari_detect.png"), canvas_only=False)
 
-    # ---- retrain (a new run folder; warm start from `first` once train --init exists), detect
+    # ---- retrain (a new run folder, warm-started from `first`: train --init), detect
     dock.tabs.setCurrentIndex(1)
     _click_button(dock.train_tab.train_button)
     wait_job()
     assert dock.model_path == tmp_path / "models" / "run-002" / "model.pt"
+    metrics = json.loads((dock.model_path.parent / "metrics.json").read_text())
+    assert metrics["init"] == str(first)
     assert _labels(dock.model_path.parent / "labels.gpkg") == _labels(side)
     dock.tabs.setCurrentIndex(2)
     _click_button(dock.detect_tab.scene_button)

@@ -136,8 +136,10 @@ class Work(QObject):
             return None
         overrides = {"train.epochs": tab.epochs.value(), **(overrides or {})}
         config = tab.config.text().strip() or None
-        # Warm start: add init=self.dock.model_path once `geodetect train --init` exists.
-        params = train_params(images, labels, out, self.clouds(), overrides, config=config)
+        # Warm start: a retrain fine-tunes the last model of this session (`train --init`).
+        model = self.dock.model_path
+        init = model if model is not None and model.is_file() else None
+        params = train_params(images, labels, out, self.clouds(), overrides, init, config)
         return self.run_job("train", params, self._trained, "training…")
 
     def _trained(self, result: dict) -> None:
