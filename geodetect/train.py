@@ -275,18 +275,18 @@ def _train(
     split_validation(project, config.train.val_fraction, seed)
     pos, neg = extract_patches(project, training=True, seed=seed)
     vpos, vneg = extract_patches(project, training=False, seed=seed)
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    ddp.barrier()
     arch = make_arch(project.in_channels, len(project.classes), config.model)
     arch["pretrained"] = config.model.pretrained
-    net = build_model(arch)
+    net = build_model(arch)  # a backbone file that does not fit fails here, before any output
     arch["pretrained"] = None
     if init is not None:
         from geodetect.weights import warm_start
 
         warm_start(net, init, project.classes, project.bands)
     net = net.to(dev)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    ddp.barrier()
     tc = config.train
     data = ChipSet(project, pos, neg, seed, info.rank)
     loader = _loader(data, tc.batch_size, tc.workers, info.world_size)
