@@ -8,7 +8,8 @@
    trunk to stride 8 (conv1…layer2, fp32) over the same pixels in 512² tiles, batch 4, so
    figures compare across machines (and across the load of a shared one).
 2. AP50 per class of each variant on three unseen 1024² test scenes (bench_train's) and on
-   the dense scene.
+   the dense scene; the .pt's AP50, F1, angle and heading errors on the same scenes and at
+   0.35 m GSD with a colour cast, TTA off and on.
 3. Peak RSS of a fresh `geodetect infer` on a dense 16384² mosaic of the dense scene.
 
 Files are cached in --work (default bench_out/infer, git-ignored): the model (trained with
@@ -78,6 +79,36 @@ def unseen_scenes(work: Path, tag: str, **kw):
         images.append(data.image)
         truths.append(gpd.read_file(data.truth))
     return images, gpd.GeoDataFrame(pd.concat(truths, ignore_index=True), crs=truths[0].crs)
+
+
+def bench_quality(model: Path, work: Path, device: str) -> None:
+    """AP50 / F1 / angle and heading errors on the unseen test scenes, also at 0.35 m GSD
+    with a colour cast, TTA off and on (the README's quality rows)."""
+    from geodetect.evaluate import evaluate
+    from geodetect.infer import infer
+
+    cases = {
+        "test 0.25 m": dict(gsd=0.25, colour_cast=None),
+        "test 0.35 m + cast": dict(gsd=0.35, colour_cast=(1.25, 1.0, 0.8)),
+    }
+    for name, kw in cases.items():
+        tag = name.replace(" ", "_").replace("+", "").replace(".", "")
+        images, truth = unseen_scenes(work, tag, **kw)
+        for use_tta in (False, True):
+            out = infer(
+                model, images, out=work / f"{tag}_{use_tta}.gpkg", device=device, tta=use_tta
+            )
+            m = evaluate(out, truth, iou=0.5)
+            parts = []
+            for cls, c in m["classes"].items():
+                ap = "-" if c["ap"] is None else f"{c['ap']:.3f}"
+                ang = "-" if c["angle_error_median"] is None else f"{c['angle_error_median']:.1f}"
+                hd = c["heading_correct_rate"]
+                parts.append(
+                    f"{cls} (n={c['n_truth']}): AP50 {ap} F1 {c['f1'] or 0:.3f} angle {ang}°"
+                    + ("" if hd is None else f" heading ok {hd:.0%}")
+                )
+            print(f"AP  {name:<20} tta={'on ' if use_tta else 'off'} | " + " | ".join(parts))
 
 
 # ------------------------------------------------------------------------------ scenes
@@ -198,6 +229,8 @@ def variants(work: Path, model: Path, device: str, only: list[str]) -> dict[str,
         out["torch bf16"] = (model, ["--device", device, "--precision", "bf16"])
     elif device == "cpu":
         print(f"torch bf16: not measured ({cpu_bf16_reason()})")
+    if only and not any(name.startswith("onnx") for name in only):
+        return {k: v for k, v in out.items() if k in only}
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
@@ -229,7 +262,9 @@ def main() -> None:
     ap.add_argument("--overlap", type=int, help="--overlap for every run (default: the model's)")
     ap.add_argument("--repeat", type=int, default=1, help="end-to-end runs per cell (best kept)")
     ap.add_argument("--only", nargs="*", default=[], help="variant names, e.g. 'torch fp32'")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["ap", "speed", "sparse", "rss"])
+    ap.add_argument(
+        "--skip", nargs="*", default=[], choices=["ap", "quality", "speed", "sparse", "rss"]
+    )
     ap.add_argument("--work", type=Path, default=HERE.parent / "bench_out" / "infer")
     args = ap.parse_args()
 
@@ -303,6 +338,8 @@ def main() -> None:
             )
     ref = float(np.mean(refs)) if refs else float("nan")
     print_table(rows, ref, load)
+    if "quality" not in args.skip:
+        bench_quality(model, work, args.device)
     if "rss" not in args.skip:
         big = dense_mosaic(work, args.rss_size, dense)
         dt, peak = fresh_infer(model, big, work / "mosaic.gpkg", args.threads, tiling)

@@ -21,7 +21,9 @@ Few-labels case: a generated 2048² scene at 0.25 m with only 10 positives per c
 usual negative regions, evaluated (AP50) on bench_infer's three unseen scenes.
 
     python benchmarks/bench_real.py [--config configs/trees.yaml] [--epochs N]
-        [--cases yell,osbs,soap,few] [--pretrain] [--threads 2] [--keep DIR]
+        [--set train.lr=0.002 ...] [--cases yell,osbs,soap,few] [--pretrain]
+        [--init MODEL.pt] [--threshold 0.05] [--threads 2] [--keep DIR]
+    python benchmarks/bench_real.py --write-sample data    # the committed crop (data/)
 """
 
 from __future__ import annotations
@@ -239,7 +241,9 @@ def main() -> None:
     ap.add_argument("--pretrain", action="store_true", help="pretrain the backbone first")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threshold", type=float, default=None)
+    ap.add_argument("--threshold", type=float, default=0.05,
+                    help="detections kept for AP (low: AP is the whole PR curve)")  # fmt: skip
+    ap.add_argument("--init", default=None, help="warm-start the real case from this model")
     ap.add_argument("--keep", type=Path, default=None, help="folder to keep the runs in")
     ap.add_argument("--write-sample", type=Path, default=None, metavar="DIR",
                     help="only write the small committed crop (data/) and exit")  # fmt: skip
@@ -287,7 +291,7 @@ def main() -> None:
         t0 = time.perf_counter()
         model = train(
             [str(y["train"])], str(y["labels"]), config=config, out_dir=work / "run_real",
-            device=args.device, seed=0,
+            device=args.device, seed=0, init=args.init,
         )  # fmt: skip
         secs = time.perf_counter() - t0
         val = json.loads((work / "run_real" / "metrics.json").read_text())["epochs"][-1]

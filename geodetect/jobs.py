@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -37,8 +38,8 @@ def train_params(
     init: str | Path | None = None,
     config: str | Path | None = None,
 ) -> dict:
-    """The one place that builds a training job. `init` (a previous model.pt) is for the
-    warm start `geodetect train --init`; it is passed on only once the trainer accepts it."""
+    """The one place that builds a training job. `init` (a previous model.pt) warm-starts it
+    (`geodetect train --init`): a review round fine-tunes instead of training from nothing."""
     params: dict[str, Any] = {
         "images": [str(i) for i in images],
         "labels": str(labels),
@@ -72,6 +73,7 @@ class Job:
             stderr=subprocess.PIPE,
             text=True,
             env=env,
+            start_new_session=True,  # its own process group: cancel reaches data workers too
         )
         self.pid = self._proc.pid
         self._readers = [
@@ -131,12 +133,10 @@ class Job:
         """Kill the child (its outputs are written atomically: nothing half-written stays)."""
         self._cancelled = True
         if self._proc.poll() is None:
-            self._proc.terminate()
             try:
-                self._proc.wait(2.0)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until the job ends (tests and scripts; the GUI polls instead)."""

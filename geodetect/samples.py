@@ -481,7 +481,7 @@ def write_samples(
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: is a file; samples go into a folder")
     inputs = [*map(str, images), str(labels), *(pointclouds or [])]
-    check_not_input(out / "samples.csv", inputs, "--out", folders=[out])
+    check_not_input(out / "samples.csv", inputs, "--out", folders=[out / "chips"])
     config = config or Config()
     project = load_project(list(map(str, images)), str(labels), pointclouds, config)
     split_validation(project, 0.0, 0)

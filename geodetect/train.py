@@ -9,7 +9,6 @@ one and `torchrun` ranks draw different chips.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -27,6 +26,7 @@ from geodetect.config import Config, dump_config
 from geodetect.device import autocast, empty_cache, is_oom, resolve_device, use_amp
 from geodetect.errors import GeodetectError, InputError
 from geodetect.model import build_model, decode, detection_loss, make_arch, model_blob
+from geodetect.resume import check_resume, run_identity
 from geodetect.samples import (
     Patch,
     Project,
@@ -193,61 +193,6 @@ def _load_checkpoint(path: Path) -> dict | None:
         ) from None
 
 
-def run_identity(
-    images: list[str],
-    labels: str,
-    pointclouds: list[str] | None,
-    config: Config,
-    seed: int,
-    init: str | Path | None = None,
-) -> dict:
-    """What makes a checkpoint this run's: config (but the epoch count), seed, and checksums
-    of the labels, scenes, point clouds and `--init` model. Stored in the checkpoint, compared
-    on resume."""
-    from geodetect.manifest import canonical_json, file_sha256, scene_checksum
-
-    cfg = dump_config(config)
-    cfg["train"] = {k: v for k, v in cfg["train"].items() if k not in ("epochs", "workers")}
-    return {
-        "config": hashlib.sha256(canonical_json(cfg).encode()).hexdigest(),
-        "seed": int(seed),
-        "labels": file_sha256(labels) if Path(labels).is_file() else str(labels),
-        "scenes": [scene_checksum(i) for i in images],
-        "pointclouds": [scene_checksum(c) for c in pointclouds or []],
-        "init": file_sha256(init) if init is not None else None,
-    }
-
-
-_WHAT = {
-    "config": "another config",
-    "seed": "another --seed",
-    "labels": "other labels (the label file changed)",
-    "scenes": "other scenes (a file changed, or another list)",
-    "pointclouds": "other point clouds",
-    "init": "another --init model",
-}
-
-
-def _check_resume(ckpt: dict, identity: dict, epochs: int, extend: bool, path: Path) -> None:
-    """Refuse a checkpoint of another run, or a schedule it cannot continue."""
-    saved = ckpt.get("identity")
-    if not isinstance(saved, dict):
-        raise InputError(f"{path}: has no run identity (older geodetect); remove it to start over")
-    for key, what in _WHAT.items():
-        if saved.get(key) != identity[key]:
-            raise InputError(
-                f"{path}: was made with {what}; resume only the same run, or use a new --out"
-            )
-    done, planned = int(ckpt["epoch"]), int(saved.get("epochs", epochs))
-    if epochs < done:
-        raise InputError(f"{path}: {done} epochs are done already, more than --epochs {epochs}")
-    if epochs != planned and not extend:
-        raise InputError(
-            f"{path}: the run was planned for {planned} epochs, not {epochs}; add --extend "
-            f"to stretch its schedule to {epochs}, or resume with --epochs {planned}"
-        )
-
-
 def _meta(project: Project, arch: dict, model_stats: dict, history: list, config: Config) -> dict:
     last = history[-1] if history else {}
     return {
@@ -324,24 +269,24 @@ def _train(
     identity = run_identity(list(map(str, images)), str(labels), pointclouds, config, seed, init)
     ckpt = _load_checkpoint(out / CHECKPOINT) if resume else None
     if ckpt is not None:  # before any work: a checkpoint of another run is refused
-        _check_resume(ckpt, identity, config.train.epochs, extend, out / CHECKPOINT)
+        check_resume(ckpt, identity, config.train.epochs, extend, out / CHECKPOINT)
     _seed_everything(seed)
     project = load_project([str(i) for i in images], str(labels), pointclouds, config)
     split_validation(project, config.train.val_fraction, seed)
     pos, neg = extract_patches(project, training=True, seed=seed)
     vpos, vneg = extract_patches(project, training=False, seed=seed)
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    ddp.barrier()
     arch = make_arch(project.in_channels, len(project.classes), config.model)
     arch["pretrained"] = config.model.pretrained
-    net = build_model(arch)
+    net = build_model(arch)  # a backbone file that does not fit fails here, before any output
     arch["pretrained"] = None
     if init is not None:
         from geodetect.weights import warm_start
 
         warm_start(net, init, project.classes, project.bands)
     net = net.to(dev)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    ddp.barrier()
     tc = config.train
     data = ChipSet(project, pos, neg, seed, info.rank)
     loader = _loader(data, tc.batch_size, tc.workers, info.world_size)
@@ -461,6 +406,7 @@ def _train(
             "train_negative_patches": len(neg),
             "val_views": len(vpos) + len(vneg),
             "epochs": history,
+            "init": str(init) if init is not None else None,  # warm start's provenance
         }
         with atomic_path(out / "metrics.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=2))

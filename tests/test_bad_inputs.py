@@ -148,6 +148,8 @@ def template(tmp_path_factory) -> dict[str, Path]:
     files["folder_tif"].mkdir()
     _links(d)
     (d / "scenes.gpkg").write_text(f"{scene}\n")  # a list of scenes, oddly named
+    (d / "chips").mkdir()  # a scene kept where samples would replace its chips
+    (d / "chips" / "scene.tif").write_bytes(scene.read_bytes())
     parts = d / "det.gpkg.parts"
     parts.mkdir()
     write_raster(parts / "inside.tif", np.ones((3, 32, 40), np.uint8), near)
@@ -195,7 +197,8 @@ TEMPLATES = {
         "infer {model} {d}/det.gpkg.parts/inside.tif --out {d}/det.gpkg",
     "infer --out over --from-list":
         "infer {model} --from-list {d}/scenes.gpkg --out {d}/scenes.gpkg",
-    "samples into the scene's folder": "samples {scene} --labels {labels} --out {d}",
+    "samples over its own scene in chips/":
+        "samples {d}/chips/scene.tif --labels {labels} --out {d}",
     "samples --out is a file": "samples {scene} --labels {labels} --out {labels}",
     "train over its pretrained weights":
         "train {scene} --labels {labels} --config {d}/pretrained_out.yaml --out {d}/run",

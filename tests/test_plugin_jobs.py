@@ -76,31 +76,113 @@ det = Job("detect", {"model": job.result["model"], "image": p["image"], "thresho
                      "out": p["det"], "region": None})
 det.wait(300)
 assert det.result, det.error
-print(json.dumps({m: m in sys.modules for m in ("torch", "torch._dynamo")}))
+flags = {m: m in sys.modules for m in ("torch", "torch._dynamo")}
+print(json.dumps({"model": job.result["model"], "imports": flags}))
 """
 
 
-def test_the_gui_process_never_imports_torch(tmp_path: Path, sample_small) -> None:
-    """Issue 12.1/12.2: torch._dynamo (LLVM) in napari's process segfaulted under Mesa;
-    the dock's process runs a real train and detect and still has no torch."""
+@pytest.fixture(scope="module")
+def gui_side_run(sample_small, tmp_path_factory) -> dict:
+    """A process that imports the dock, then trains (tiny) and detects through jobs."""
+    tmp = tmp_path_factory.mktemp("gui_side")
     params = {
         "image": str(sample_small.image),
         "labels": str(sample_small.labels),
-        "out": str(tmp_path / "run"),
-        "det": str(tmp_path / "det.gpkg"),
+        "out": str(tmp / "run"),
+        "det": str(tmp / "det.gpkg"),
         "tiny": TINY,
     }
     run = subprocess.run(
         [sys.executable, "-c", _GUI_SIDE, json.dumps(params)],
         capture_output=True,
         text=True,
-        timeout=400,
+        timeout=600,
     )
     assert run.returncode == 0, run.stderr[-2000:]
-    mods = json.loads(run.stdout.strip().splitlines()[-1])
-    assert mods == {"torch": False, "torch._dynamo": False}
-    det = gpd.read_file(tmp_path / "det.gpkg")
+    return {**json.loads(run.stdout.strip().splitlines()[-1]), "det": params["det"]}
+
+
+def test_the_gui_process_never_imports_torch(gui_side_run) -> None:
+    """Issue 12.1/12.2: torch._dynamo (LLVM) in napari's process segfaulted under Mesa and
+    pyproj crashed in a worker thread; the dock's process runs a real train and detect and
+    still has no torch."""
+    assert gui_side_run["imports"] == {"torch": False, "torch._dynamo": False}
+    det = gpd.read_file(gui_side_run["det"])
     assert det.crs.to_epsg() == 32633 and len(det) > 0
+
+
+def test_detect_job_is_the_cli_in_the_scene_crs(gui_side_run, sample_small, tmp_path) -> None:
+    """Issue 15.1: the plugin rebuilt its own pipeline and skipped the CLI's conversion back
+    to the scene's CRS. On an EPSG:4326 scene the job's file equals `geodetect infer`'s, in
+    EPSG:4326; a region gives the same objects inside it."""
+    import rasterio
+    from rasterio.warp import calculate_default_transform, reproject
+
+    from geodetect.cli import main
+
+    geo = tmp_path / "geo.tif"
+    with rasterio.open(sample_small.image) as src:
+        transform, w, h = calculate_default_transform(
+            src.crs, "EPSG:4326", src.width, src.height, *src.bounds
+        )
+        profile = {
+            **src.profile,
+            "crs": "EPSG:4326",
+            "transform": transform,
+            "width": w,
+            "height": h,
+            "nodata": 0,
+        }
+        with rasterio.open(geo, "w", **profile) as dst:
+            for b in range(1, src.count + 1):
+                reproject(rasterio.band(src, b), rasterio.band(dst, b))
+    model = gui_side_run["model"]
+    cli_out = tmp_path / "cli.gpkg"
+    assert main(["infer", model, str(geo), "--out", str(cli_out), "--threshold", "0"]) == 0
+    job = Job(
+        "detect",
+        {"model": model, "image": str(geo), "threshold": 0.0, "out": str(tmp_path / "job.gpkg")},
+    )
+    job.wait(300)
+    assert job.error is None, job.error
+    cli, got = gpd.read_file(cli_out), gpd.read_file(job.result["detections"])
+    assert got.crs.to_epsg() == 4326 and len(got) == len(cli) > 0
+    assert got.geometry.union_all().symmetric_difference(cli.geometry.union_all()).area < 1e-12
+    assert got["image"].eq("geo.tif").all()
+    # the western half, as the dock sends it (scene CRS bounds)
+    left, bottom, right, top = rasterio.open(geo).bounds
+    region = {"bounds": [left, bottom, (left + right) / 2, top], "crs": "EPSG:4326"}
+    half = Job(
+        "detect",
+        {
+            "model": model,
+            "image": str(geo),
+            "threshold": 0.0,
+            "region": region,
+            "out": str(tmp_path / "half.gpkg"),
+        },
+    )
+    half.wait(300)
+    assert half.error is None, half.error
+    part = gpd.read_file(half.result["detections"])
+    # a 513-px working grid is two 512-px tiles that both meet the half: the same objects
+    assert part.crs.to_epsg() == 4326 and len(part) == len(cli)
+
+
+def test_region_keeps_the_tiles_it_meets() -> None:
+    from affine import Affine
+
+    from geodetect.infer import Task
+    from geodetect.jobs import _clip_task
+    from geodetect.raster import Grid
+
+    grid = Grid(None, Affine(0.5, 0, 1000, 0, -0.5, 2000), 2048, 2048)
+    wins = tuple((c, r) for r in range(0, 2048, 400) for c in range(0, 2048, 400))
+    task = Task("s.tif", None, grid, wins, None, 512)
+    # map box over pixels x 900..1300, y 100..300
+    region = {"bounds": [1000 + 450, 2000 - 150, 1000 + 650, 2000 - 50], "crs": None}
+    kept = _clip_task(task, region).windows
+    assert kept == ((400, 0), (800, 0), (1200, 0))
 
 
 @pytest.mark.parametrize("kind", ["nope"])

@@ -10,7 +10,8 @@ import pytest
 from shapely.geometry import Polygon
 
 from geodetect.plugin import _label_layer as ll
-from geodetect.plugin._model import LabelModel, autosave_path, drag_box
+from geodetect.plugin._label_layer import drag_box
+from geodetect.plugin._model import LabelModel, autosave_path
 
 CRS = "EPSG:32633"
 FRAME = ll.LabelFrame(True, CRS, (-5_000_100.0, 500_000.0), "scene.tif", None)

@@ -29,7 +29,7 @@ def test_train_with_nothing_labelled_is_a_message(dock, qtbot, tmp_path: Path) -
     """Issue 12.3: the LabelError of an empty label set aborted napari (SIGABRT)."""
     job = dock.start_training(tmp_path / "run")
     assert job is not None and job.pid and not dock.train_tab.train_button.isEnabled()
-    qtbot.waitUntil(lambda: dock.job is None, timeout=120_000)
+    qtbot.waitUntil(lambda: not dock.busy, timeout=120_000)
     assert dock.last_error and "\n" not in dock.last_error
     assert dock.message.text().startswith("⚠ train failed:")
     assert dock.train_tab.train_button.isEnabled()

@@ -18,8 +18,9 @@ import geopandas as gpd
 import napari
 import numpy as np
 
+from geodetect.jobs import Job
+from geodetect.plugin._dock import GeodetectWidget
 from geodetect.plugin._sample_data import demo_scene
-from geodetect.plugin._widgets import GeodetectWidget, _run_detection
 
 OUT = Path(__file__).with_name("napari_plugin.png")
 
@@ -32,8 +33,20 @@ def main() -> None:
         getattr(viewer, f"add_{kind}")(data, **kwargs)
     dock = GeodetectWidget(viewer)
     viewer.window.add_dock_widget(dock, name="geodetect", area="right")
-    if len(sys.argv) > 1:
-        dets = _run_detection(sys.argv[1], str(work / "scene.tif"), None, 0.3)
+    if len(sys.argv) > 1:  # the dock's own detect job: `geodetect infer` in a child process
+        job = Job(
+            "detect",
+            {
+                "model": sys.argv[1],
+                "image": str(work / "scene.tif"),
+                "threshold": 0.3,
+                "out": str(work / "detections.gpkg"),
+            },
+        )
+        job.wait()
+        if job.error:
+            raise SystemExit(f"error: {job.error}")
+        dets = gpd.read_file(job.result["detections"])
     else:
         truth = gpd.read_file(work / "scene_truth.gpkg")
         labelled = gpd.read_file(work / "scene_labels.gpkg")
@@ -41,6 +54,8 @@ def main() -> None:
         dets = truth[~hit].copy()
         dets["score"] = np.random.default_rng(0).uniform(0.35, 0.98, len(dets))
     dock.show_detections(dets)
+    while dock.busy:
+        napari.qt.get_qapp().processEvents()
     viewer.layers.selection.active = viewer.layers["detections"]
     viewer.reset_view()
     viewer.camera.zoom *= 1.6

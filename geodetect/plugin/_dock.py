@@ -250,7 +250,7 @@ class GeodetectWidget(QWidget):
         ends = world_to_map(np.array([back_world, front_world]), self.model.frame.georeferenced)
         if not np.hypot(*(ends[1] - ends[0])) > 0:
             return None
-        box, heading = _model.drag_box(ends[0], ends[1], width, self.label_tab.width_ratio.value())
+        box, heading = ll.drag_box(ends[0], ends[1], width, self.label_tab.width_ratio.value())
         return self.model.add_positive(box, heading, cls or self.current_class())
 
     def add_negative(self, polygon_world) -> None:
@@ -261,28 +261,20 @@ class GeodetectWidget(QWidget):
             xy = world_to_map(np.asarray(polygon_world, float), self.model.frame.georeferenced)
             self.model.add_negative(Polygon(xy))
 
-    def _edit_selected(self, edit) -> None:
+    def _edit_selected(self, method: str, *args) -> None:
         if self.layers is not None:
             idx = self.layers.selected(ll.POSITIVES)
-            self.model.edit_positives(idx, edit)
+            getattr(self.model, method)(idx, *args)
             self.layer(ll.POSITIVES).selected_data = set(idx)
 
     def rotate_selected(self, degrees: float) -> None:
-        def edit(b, h):
-            b[:, 4] = (b[:, 4] + degrees) % 180.0
-            return b, (h + degrees) % 360.0
-
-        self._edit_selected(edit)
+        self._edit_selected("rotate", degrees)
 
     def flip_selected(self) -> None:
-        self._edit_selected(lambda b, h: (b, (h + 180.0) % 360.0))
+        self._edit_selected("flip")
 
     def scale_width_selected(self, factor: float) -> None:
-        def edit(b, h):
-            b[:, 3] = np.minimum(b[:, 3] * factor, b[:, 2])
-            return b, h
-
-        self._edit_selected(edit)
+        self._edit_selected("scale_width", factor)
 
     # ---------------------------------------------------------------------- files
 
@@ -361,6 +353,11 @@ class GeodetectWidget(QWidget):
     @property
     def job(self) -> Job | None:
         return self.work.job
+
+    @property
+    def busy(self) -> bool:
+        """A job runs, or a large set of shapes is still being written into a layer."""
+        return self.work.job is not None or bool(self.layers and self.layers.busy)
 
     def show_samples(self, out_dir: str | Path | None = None) -> Job | None:
         return self.work.show_samples(out_dir)

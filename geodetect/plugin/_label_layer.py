@@ -9,6 +9,7 @@ of `_coords` with a pure translate (the reference scene's top-left).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -284,3 +285,49 @@ def detections_to_layers(gdf: gpd.GeoDataFrame, frame: LabelFrame) -> tuple[list
         {"class": [str(c) for c in gdf["class"]], "score": gdf["score"].to_numpy(np.float64)}
     )
     return box_shapes(boxes, heads, frame), with_boxes(feats, boxes, heads)
+
+
+# ------------------------------------------------------------------------------ drawing
+
+
+def nosed_shapes(boxes: np.ndarray, heads: np.ndarray, frame: LabelFrame) -> list:
+    """Shapes FL, nose, FR, BR, BL (data coords); no nose without a heading."""
+    corners = rectangle_corners(boxes, heads, frame)
+    shapes = []
+    for c, h in zip(corners, heads, strict=True):
+        if np.isfinite(h):
+            mid = (c[0] + c[1]) / 2
+            nose = mid + (mid - c.mean(axis=0)) * 0.35
+            c = np.array([c[0], nose, c[1], c[2], c[3]])
+        shapes.append(frame.to_data(c))
+    return shapes
+
+
+def drag_box(back_map, front_map, width: float | None, ratio: float) -> tuple[np.ndarray, float]:
+    """Map-frame box and heading of a positive dragged from its back to its front."""
+    (bx, by), (fx, fy) = np.asarray(back_map, float), np.asarray(front_map, float)
+    length = float(math.hypot(fx - bx, fy - by))
+    heading = math.degrees(math.atan2(fx - bx, fy - by)) % 360.0
+    w = float(width) if width is not None else length * ratio
+    box = np.array([(bx + fx) / 2, (by + fy) / 2, max(length, w), min(length, w), 0.0])
+    box[4] = (heading if length >= w else heading + 90.0) % 180.0
+    return box, heading
+
+
+def rect4(vertices: np.ndarray, frame: LabelFrame) -> np.ndarray:
+    """The shape's own 4 corners when they form a rectangle, else its minimum rotated one."""
+    import shapely
+    from shapely.geometry import MultiPoint
+
+    if len(vertices) == 4:
+        try:
+            shape_boxes([vertices], frame)
+            return vertices
+        except ValueError:
+            pass
+    rect = shapely.minimum_rotated_rectangle(MultiPoint(vertices[:, ::-1]))
+    coords = np.asarray(getattr(rect, "exterior", rect).coords)[:4, ::-1]
+    if len(coords) < 4:  # degenerate (a click): a tiny square
+        c = vertices.mean(axis=0)
+        coords = c + np.array([[-0.5, -0.5], [-0.5, 0.5], [0.5, 0.5], [0.5, -0.5]])
+    return coords

@@ -22,6 +22,7 @@ STYLE = {
     ll.NEGATIVES: {"face_color": [1, 0, 0, 0.2], "edge_color": "red"},
     ll.DETECTIONS: {"face_color": [0, 0, 0, 0], "edge_color": "cyan"},
 }
+CHUNK = 25  # shapes written per event-loop turn (napari triangulates each one)
 ARROWS = {ll.HEADINGS: ("positives", "orange")}
 
 
@@ -34,7 +35,7 @@ class LabelLayers:
         self.current_class = current_class
         self.tool = "pan"
         self._quiet = False
-        self._recoloured = False
+        self._filling: dict[str, Shapes] = {}
         self._from_layer: str | None = None
         self._shown: dict[str, Shapes] = {}
         self.layers = {}
@@ -84,24 +85,17 @@ class LabelLayers:
     # ---------------------------------------------------------------------- model -> layers
 
     def show(self, state: LabelState, changed: set[str]) -> None:
-        kinds = {"positives": ll.POSITIVES, "negatives": ll.NEGATIVES, "detections": ll.DETECTIONS}
-        self._recoloured = False
-        for kind, name in kinds.items():
+        for kind in ("positives", "negatives", "detections"):
             if kind in changed and kind == self._from_layer:
                 # napari is still inside the edit (e.g. finishing a polygon): writing the
                 # layer now re-enters it, so write once the event loop is back
                 QTimer.singleShot(0, lambda k=kind: self._resync(k))
             elif kind in changed:
-                self._apply(self.layers[name], self._shown.get(kind), getattr(state, kind))
+                old = None if kind in self._filling else self._shown.get(kind)
                 self._shown[kind] = getattr(state, kind)
+                self._apply(kind, old, getattr(state, kind))
         if changed & {"positives", "classes"}:
             self.layers[ll.HEADINGS].data = self.model.heading_arrows("positives")
-        if "detections" in changed and self._recoloured:
-            det = self.layers[ll.DETECTIONS]
-            if len(det.data):
-                det.edge_color = "score"
-                det.edge_colormap = "plasma"
-                det.edge_contrast_limits = (0.0, 1.0)
         pos = self.layers[ll.POSITIVES]
         defaults = {c: np.nan for c in ["heading_deg", *ll.BOX_COLS]}
         pos.feature_defaults = {"class": self.current_class(), **defaults}
@@ -109,28 +103,59 @@ class LabelLayers:
     def _resync(self, kind: str) -> None:
         new = getattr(self.model.state, kind)
         if self._shown.get(kind) is not new:
-            self._apply(self.layers[kind], None, new)
             self._shown[kind] = new
+            self._apply(kind, None, new)
 
-    def _apply(self, layer, old: Shapes | None, new: Shapes) -> None:
-        """Write `new` into the layer, by appending or removing shapes when that is the edit."""
+    def _apply(self, kind: str, old: Shapes | None, new: Shapes) -> None:
+        """Write `new` into the layer, by appending or removing shapes when that is the edit;
+        a whole new set goes in CHUNK shapes per event-loop turn, so the GUI never stalls."""
+        layer = self.layers[kind]
         self._quiet = True
         try:
             layer.selected_data = set()
             gone = _removed(old, new) if old is not None else None
-            if old is not None and len(new) > len(old) and _same(new.data[: len(old)], old.data):
-                layer.add_polygons(list(new.data[len(old) :]))
+            appended = old is not None and len(new) > len(old)
+            if appended and _same(new.data[: len(old)], old.data):
+                self._filling[kind] = new
+                self._quiet = False
+                self._fill(kind, new, len(old))
+                return
             elif gone:
                 layer.selected_data = set(gone)
                 layer.remove_selected()
             elif old is None or not _same(old.data, new.data):
-                self._recoloured = True  # new shapes: colour by score again
                 layer.data = []
-                if len(new):
-                    layer.add_polygons(list(new.data))
+                self._filling[kind] = new
+                self._quiet = False
+                self._fill(kind, new, 0)
+                return
             layer.features = new.features.reset_index(drop=True)
         finally:
             self._quiet = False
+
+    def _fill(self, kind: str, new: Shapes, start: int) -> None:
+        if self._filling.get(kind) is not new:
+            return  # superseded by a newer state
+        layer = self.layers[kind]
+        self._quiet = True
+        try:
+            layer.add_polygons(list(new.data[start : start + CHUNK]))
+            if start + CHUNK < len(new):
+                QTimer.singleShot(0, lambda: self._fill(kind, new, start + CHUNK))
+                return
+            del self._filling[kind]
+            layer.features = new.features.reset_index(drop=True)
+            if kind == "detections" and len(new):
+                layer.edge_color = "score"
+                layer.edge_colormap = "plasma"
+                layer.edge_contrast_limits = (0.0, 1.0)
+        finally:
+            self._quiet = False
+
+    @property
+    def busy(self) -> bool:
+        """Still writing a large set of shapes into a layer."""
+        return bool(self._filling)
 
     # ---------------------------------------------------------------------- layers -> model
 

@@ -9,7 +9,6 @@ heading in its features even while its class has no front, so the flag can be to
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -204,10 +203,32 @@ class LabelModel:
         feats.loc[idx, ll.BOX_COLS] = boxes
         self.commit(replace(self.state, positives=Shapes(tuple(data), feats)))
 
+    def rotate(self, idx, degrees: float) -> None:
+        """Rotate positives clockwise by `degrees` about their centres."""
+
+        def edit(b, h):
+            b[:, 4] = (b[:, 4] + degrees) % 180.0
+            return b, (h + degrees) % 360.0
+
+        self.edit_positives(idx, edit)
+
+    def flip(self, idx) -> None:
+        """Turn positives' front to the other end."""
+        self.edit_positives(idx, lambda b, h: (b, (h + 180.0) % 360.0))
+
+    def scale_width(self, idx, factor: float) -> None:
+        """Widen (factor > 1) or narrow positives, never past their length."""
+
+        def edit(b, h):
+            b[:, 3] = np.minimum(b[:, 3] * factor, b[:, 2])
+            return b, h
+
+        self.edit_positives(idx, edit)
+
     def positives_from_layer(self, data: list, features: pd.DataFrame, default_class: str) -> None:
         """Adopt the positives layer after a napari edit: every shape back to a clean
         4-corner rectangle with class, heading and exact box."""
-        shapes = [_rect4(np.asarray(d, np.float64)[:, -2:], self.frame) for d in data]
+        shapes = [ll.rect4(np.asarray(d, np.float64)[:, -2:], self.frame) for d in data]
         feats = _rows(features, len(data), {"class": default_class})
         feats["class"] = [c if isinstance(c, str) and c else default_class for c in feats["class"]]
         boxes, heads = ll.positive_boxes(shapes, feats, self.frame)
@@ -241,7 +262,7 @@ class LabelModel:
         """Detections to review; a fronted one is drawn with a nose on its front edge (one
         layer, no arrow layer to rebuild on every accept)."""
         _, feats = ll.detections_to_layers(gdf, self.frame)
-        data = _nosed_shapes(
+        data = ll.nosed_shapes(
             *_feature_boxes(Shapes((None,) * len(feats), feats), self.frame), self.frame
         )
         s = self.state
@@ -384,46 +405,3 @@ def _feature_boxes(p: Shapes, frame: ll.LabelFrame) -> tuple[np.ndarray, np.ndar
     return (
         ll.positive_boxes(list(p.data), feats, frame) if len(p) else (np.zeros((0, 5)), np.zeros(0))
     )
-
-
-def _nosed_shapes(boxes: np.ndarray, heads: np.ndarray, frame: ll.LabelFrame) -> list:
-    """Shapes FL, nose, FR, BR, BL (data coords); no nose without a heading."""
-    corners = ll.rectangle_corners(boxes, heads, frame)
-    shapes = []
-    for c, h in zip(corners, heads, strict=True):
-        if np.isfinite(h):
-            mid = (c[0] + c[1]) / 2
-            nose = mid + (mid - c.mean(axis=0)) * 0.35
-            c = np.array([c[0], nose, c[1], c[2], c[3]])
-        shapes.append(frame.to_data(c))
-    return shapes
-
-
-def drag_box(back_map, front_map, width: float | None, ratio: float) -> tuple[np.ndarray, float]:
-    """Map-frame box and heading of a positive dragged from its back to its front."""
-    (bx, by), (fx, fy) = np.asarray(back_map, float), np.asarray(front_map, float)
-    length = float(math.hypot(fx - bx, fy - by))
-    heading = math.degrees(math.atan2(fx - bx, fy - by)) % 360.0
-    w = float(width) if width is not None else length * ratio
-    box = np.array([(bx + fx) / 2, (by + fy) / 2, max(length, w), min(length, w), 0.0])
-    box[4] = (heading if length >= w else heading + 90.0) % 180.0
-    return box, heading
-
-
-def _rect4(vertices: np.ndarray, frame: ll.LabelFrame) -> np.ndarray:
-    """The shape's own 4 corners when they form a rectangle, else its minimum rotated one."""
-    import shapely
-    from shapely.geometry import MultiPoint
-
-    if len(vertices) == 4:
-        try:
-            ll.shape_boxes([vertices], frame)
-            return vertices
-        except ValueError:
-            pass
-    rect = shapely.minimum_rotated_rectangle(MultiPoint(vertices[:, ::-1]))
-    coords = np.asarray(getattr(rect, "exterior", rect).coords)[:4, ::-1]
-    if len(coords) < 4:  # degenerate (a click): a tiny square
-        c = vertices.mean(axis=0)
-        coords = c + np.array([[-0.5, -0.5], [-0.5, 0.5], [0.5, 0.5], [0.5, -0.5]])
-    return coords

@@ -268,6 +268,7 @@ def cloud_layers(path: str) -> list[LayerData]:
                     "colormap": "viridis" if kind == "ndsm" else "gist_earth",
                     "contrast_limits": (lo, hi),
                     "visible": kind == "ndsm",
+                    "opacity": 0.5,  # the scene (labelled on) shows through
                     "metadata": {KEY: {**_scene_meta(path, grid, kind), "cloud": str(path)}},
                     **image_placement(grid.transform, georef),
                 },
@@ -283,6 +284,7 @@ def cloud_layers(path: str) -> list[LayerData]:
     features = {"z": z, "classification": pts["classification"].astype(int)}
     kwargs = {
         "name": f"{stem} points",
+        "visible": False,  # the scene is what one labels on; the points are one click away
         "translate": origin,
         "size": 2.0 * grid.res[0],
         "border_width": 0,

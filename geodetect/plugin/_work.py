@@ -57,7 +57,11 @@ class Work(QObject):
         if self.job is not None:
             self.dock.say(f"{self.job.kind} is still running; wait or cancel it", error=True)
             return None
-        self.job = Job(kind, params)
+        try:
+            self.job = Job(kind, params)
+        except OSError as exc:
+            self.dock.say(f"{kind} could not start: {exc}", error=True)
+            return None
         self._on_job_result = on_result
         self.dock.train_tab.running(kind == "train")
         self.dock.detect_tab.running(kind == "detect")
@@ -98,6 +102,7 @@ class Work(QObject):
         from geodetect.plugin._gallery import add_gallery
 
         out = Path(out_dir or tempfile.mkdtemp(prefix="geodetect-samples-"))
+        out.mkdir(parents=True, exist_ok=True)
         labels = (
             self.dock.save_labels(out / "labels.gpkg") if self.dock.ensure_label_layers() else None
         )
@@ -131,14 +136,17 @@ class Work(QObject):
             return None
         overrides = {"train.epochs": tab.epochs.value(), **(overrides or {})}
         config = tab.config.text().strip() or None
-        # Warm start: add init=self.dock.model_path once `geodetect train --init` exists.
-        params = train_params(images, labels, out, self.clouds(), overrides, config=config)
+        # Warm start: a retrain fine-tunes the last model of this session (`train --init`).
+        model = self.dock.model_path
+        init = model if model is not None and model.is_file() else None
+        params = train_params(images, labels, out, self.clouds(), overrides, init, config)
         return self.run_job("train", params, self._trained, "training…")
 
     def _trained(self, result: dict) -> None:
         self.dock.model_path = Path(result["model"])
         self.dock.detect_tab.model.setText(str(self.dock.model_path))
-        self.dock.say(f"trained {self.dock.model_path.name}; now Detect (tab) and review")
+        run = self.dock.model_path.parent.name
+        self.dock.say(f"trained {run}/model.pt; now Detect (tab) and review")
 
     def visible_region(self) -> dict | None:
         """The scene's visible part {"bounds": (left, bottom, right, top), "crs": WKT} from the
