@@ -165,24 +165,11 @@ def test_detect_job_is_the_cli_in_the_scene_crs(gui_side_run, sample_small, tmp_
     half.wait(300)
     assert half.error is None, half.error
     part = gpd.read_file(half.result["detections"])
-    # a 513-px working grid is two 512-px tiles that both meet the half: the same objects
-    assert part.crs.to_epsg() == 4326 and len(part) == len(cli)
-
-
-def test_region_keeps_the_tiles_it_meets() -> None:
-    from affine import Affine
-
-    from geodetect.infer import Task
-    from geodetect.jobs import _clip_task
-    from geodetect.raster import Grid
-
-    grid = Grid(None, Affine(0.5, 0, 1000, 0, -0.5, 2000), 2048, 2048)
-    wins = tuple((c, r) for r in range(0, 2048, 400) for c in range(0, 2048, 400))
-    task = Task("s.tif", None, grid, wins, None, 512)
-    # map box over pixels x 900..1300, y 100..300
-    region = {"bounds": [1000 + 450, 2000 - 150, 1000 + 650, 2000 - 50], "crs": None}
-    kept = _clip_task(task, region).windows
-    assert kept == ((400, 0), (800, 0), (1200, 0))
+    # the region is infer's area of interest: the CLI's detections whose centre is inside it
+    mid = (left + right) / 2
+    inside = cli[cli.geometry.centroid.x < mid]
+    assert part.crs.to_epsg() == 4326 and 0 < len(part) == len(inside) < len(cli)
+    assert (part.geometry.centroid.x < mid).all()
 
 
 @pytest.mark.parametrize("kind", ["nope"])
