@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/geodetect demo --out demo_out
 
 test: $(STAMP)
-	$(XVFB) $(BIN)/python -m pytest -q -p no:cacheprovider --timeout 1200
+	$(XVFB) $(BIN)/python -m pytest -q -p no:cacheprovider --timeout 2400
 
 test-fast: $(STAMP)
 	$(XVFB) $(BIN)/python -m pytest -q -x -m "not slow and not gui"
