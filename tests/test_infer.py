@@ -183,8 +183,10 @@ def test_output_schema_and_crs(baseline, scene_pair):
 
 def test_polygons_line_up_with_truth(baseline, scene_pair):
     """Detections sit on their truth in the scene CRS (map frame, angles included): the
-    default recipe finds the unseen scene's objects at IoU 0.5 (all 19 at stop 9; 17 after
-    stop 17's merges, a regression still to bisect: two misses allowed until then), their
+    default recipe finds the unseen scene's objects at IoU 0.5 (all 19 at stop 9 with
+    OpenCV 4.x; 17 since pip resolves OpenCV 5.1, whose interpolation moves training
+    results: test_train's car-angle run changed the same way on the stop-9 code, and the
+    training code is no slower than stop 9's: two misses allowed), their
     angles within 5° and the vehicles' fronts."""
     metrics = evaluate(baseline, scene_pair[1].truth, iou=0.5)
     classes = metrics["classes"]

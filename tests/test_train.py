@@ -123,8 +123,10 @@ def test_trained_model_finds_cars_at_new_angles(painted, tmp_path):
     from geodetect.evaluate import evaluate
     from geodetect.infer import infer
 
+    # 20 epochs: at 12 the median angle error sat at 3-5.4 degrees depending on the seed and
+    # on OpenCV's interpolation (4.x vs 5.x); at 20 it is ~2 degrees for both seeds tried
     over = {
-        "train.epochs": 12,
+        "train.epochs": 20,
         "train.chips_per_epoch": 320,
         "train.batch_size": 16,
         "train.val_fraction": 0.0,
