@@ -163,6 +163,18 @@ def test_colour_cast_changes_band_means(tmp_path):
     assert ratio[0] > 1.1 and abs(ratio[1] - 1) < 0.02 and ratio[2] < 0.75
 
 
+def test_traffic_multiplies_the_vehicles_and_keeps_them_apart(tmp_path):
+    """The busy scene of the inference benchmark: ~4x the vehicles, none overlapping."""
+    plain = make_sample_data(tmp_path / "p", size=512, seed=2, cloud=False)
+    busy = make_sample_data(tmp_path / "b", size=512, seed=2, cloud=False, traffic=4.0)
+    tp, tb = (gpd.read_file(s.truth) for s in (plain, busy))
+    n_plain, n_busy = ((t["class"] == "vehicle").sum() for t in (tp, tb))
+    assert 3.0 * n_plain <= n_busy <= 4.5 * n_plain
+    cars = tb[tb["class"] == "vehicle"].geometry.reset_index(drop=True)
+    left, right = cars.sindex.query(cars, predicate="intersects")
+    assert (left == right).all()  # each vehicle touches only itself
+
+
 def test_make_pair_gives_two_different_scenes(tmp_path):
     train, test = make_pair(tmp_path, size=96, cloud=False)
     assert train.image.name == "train.tif" and test.image.name == "test.tif"
@@ -193,6 +205,7 @@ def test_training_set_is_several_scenes_with_one_label_file(tmp_path):
         ({"epsg": 4326}, CRSError),
         ({"label_fraction": 1.5}, InputError),
         ({"colour_cast": (1.0, 0.0, 1.0)}, InputError),
+        ({"traffic": 0.0}, InputError),
     ],
 )
 def test_bad_arguments_are_user_errors(tmp_path, kwargs, error):

@@ -189,14 +189,22 @@ class _Placer:
         return self.rng.uniform([0.0, 0.0], [self.layout.width_m, self.layout.height_m])
 
 
-def make_layout(width_m: float, height_m: float, rng: np.random.Generator) -> Layout:
-    """Lay out roads, a parking lot, vehicles, buildings, trees and confusers without overlaps."""
+def make_layout(
+    width_m: float, height_m: float, rng: np.random.Generator, traffic: float = 1.0
+) -> Layout:
+    """Lay out roads, a parking lot, vehicles, buildings, trees and confusers without overlaps.
+
+    `traffic` multiplies the vehicles per area (a busy suburb: 4-5); above 1 a scene also gets
+    one more parking lot per ~100 vehicles. At 1 the draws (and so a seed's scene) are as ever.
+    """
     layout = Layout(width_m, height_m, float(rng.uniform(110, 250)), float(rng.uniform(35, 60)))
     p = _Placer(layout, rng)
     k = width_m * height_m / REF_AREA
     _roads(p)
-    n_vehicles = max(4, int(round(rng.uniform(50, 70) * k)))
+    n_vehicles = max(4, int(round(rng.uniform(50, 70) * k * traffic)))
     n_lot = _parking_lot(p) if min(width_m, height_m) >= 60 else 0
+    if traffic > 1.0 and n_lot:
+        n_lot += sum(_parking_lot(p) for _ in range(n_vehicles // 100))
     n_road = _road_vehicles(p, max(2, int(round(0.45 * (n_vehicles - n_lot)))))
     _buildings(p, max(2, int(round(rng.uniform(16, 24) * k))))
     _scattered_vehicles(p, max(1, n_vehicles - n_lot - n_road))
