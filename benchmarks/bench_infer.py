@@ -39,7 +39,7 @@ def train_model(work: Path, device: str, epochs: int | None) -> Path:
     """The default recipe (demo.FULL's three tiles) into work/run/model.pt."""
     from geodetect.config import load_config
     from geodetect.demo import FULL
-    from geodetect.train import train
+    from geodetect.training import train
 
     scenes = training_scenes(work)
     overrides = {f"train.{k}": v for k, v in FULL["train"].items()}
@@ -85,8 +85,8 @@ def unseen_scenes(work: Path, tag: str, **kw):
 def bench_quality(model: Path, work: Path, device: str) -> None:
     """AP50 / F1 / angle and heading errors on the unseen test scenes, also at 0.35 m GSD
     with a colour cast, TTA off and on (the README's quality rows)."""
-    from geodetect.evaluate import evaluate
-    from geodetect.infer import infer
+    from geodetect.evaluation import evaluate
+    from geodetect.inference import infer
 
     cases = {
         "test 0.25 m": dict(gsd=0.25, colour_cast=None),
@@ -217,7 +217,7 @@ def fresh_infer(model: Path, scene: Path, out: Path, threads: int, extra: list[s
 
 
 def ap50(pred: Path, truth) -> dict[str, float | None]:
-    from geodetect.evaluate import evaluate
+    from geodetect.evaluation import evaluate
 
     m = evaluate(pred, truth, iou=0.5)
     return {k: c["ap"] for k, c in m["classes"].items()}
@@ -316,7 +316,7 @@ def main() -> None:
         refs.append(reference_mpx(args.speed_size, args.threads))
         print(f"reference ResNet-18 to stride 8: {refs[0]:.2f} then {refs[1]:.2f} Mpx/s")
     if "ap" not in args.skip:
-        from geodetect.infer import infer
+        from geodetect.inference import infer
 
         images, test_truth = unseen_scenes(work, "test_025m", gsd=0.25, colour_cast=None)
         for name, (path, _) in runs.items():

@@ -85,7 +85,7 @@ def decode_levers(model: Path, scene: Path) -> None:
 
     from geodetect import geometry
     from geodetect.decoding import decode_arrays
-    from geodetect.infer import _read_batches, plan_tasks, resolve_settings
+    from geodetect.inference import _read_batches, plan_tasks, resolve_settings
     from geodetect.model import load_model
 
     net, meta = load_model(model)
@@ -108,7 +108,7 @@ def tile_levers(model: Path, work: Path, scene: Path, threads: int) -> None:
     import geopandas as gpd
     from bench_infer import ap50, fresh_infer, reference_mpx, unseen_scenes
 
-    from geodetect.infer import infer
+    from geodetect.inference import infer
 
     images, truth = unseen_scenes(work, "test_025m", gsd=0.25, colour_cast=None)
     dense_truth = gpd.read_file(scene.with_name("dense_truth.gpkg"))
@@ -133,10 +133,11 @@ def tile_levers(model: Path, work: Path, scene: Path, threads: int) -> None:
 _IMPORTS = {
     "torch": "import torch",
     "torch path (geodetect.cli + infer + torchrun)": (
-        "import geodetect.cli, geodetect.infer, geodetect.torchrun, geodetect.scaleout"
+        "import geodetect.cli, geodetect.inference, geodetect.torchrun, geodetect.scaleout"
     ),
     "onnx path (geodetect.cli + infer + onnxrun)": (
-        "import geodetect.cli, geodetect.infer, geodetect.onnxrun, geodetect.scaleout, onnxruntime"
+        "import geodetect.cli, geodetect.inference, geodetect.onnxrun, geodetect.scaleout,"
+        " onnxruntime"
     ),
     "albumentations (no longer imported by infer)": "import albumentations",
 }

@@ -221,7 +221,7 @@ def few_labels_set(work: Path) -> tuple[Path, Path]:
 
 
 def scores(pred: Path, truth, iou: float) -> dict:
-    from geodetect.evaluate import evaluate
+    from geodetect.evaluation import evaluate
 
     m = evaluate(pred, truth, iou=iou)
     return m["classes"]
@@ -257,8 +257,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from geodetect.config import load_config
-    from geodetect.infer import infer
-    from geodetect.train import train
+    from geodetect.inference import infer
+    from geodetect.training import train
 
     overrides = {}
     for item in args.set:
@@ -280,7 +280,7 @@ def main() -> None:
         )
         config = load_config(args.config, overrides)
         if args.pretrain:
-            from geodetect.pretrain import pretrain
+            from geodetect.pretraining import pretrain
 
             t0 = time.perf_counter()
             bb = pretrain(

@@ -19,7 +19,7 @@ from geodetect.config import load_config
 
 
 def tiny_model(work: Path, scene) -> Path:
-    from geodetect.train import train
+    from geodetect.training import train
 
     config = load_config(
         None,
@@ -56,7 +56,7 @@ def main() -> None:
     import torch
 
     from geodetect.data import make_sample_data
-    from geodetect.infer import infer
+    from geodetect.inference import infer
 
     torch.set_num_threads(1)  # the same per-process threads as a Dask worker
     with tempfile.TemporaryDirectory() as tmp:

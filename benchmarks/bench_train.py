@@ -36,9 +36,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from geodetect.config import load_config
     from geodetect.data import make_training_set
-    from geodetect.evaluate import evaluate
-    from geodetect.infer import infer
-    from geodetect.train import train
+    from geodetect.evaluation import evaluate
+    from geodetect.inference import infer
+    from geodetect.training import train
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench_train_"))
     t0 = time.perf_counter()

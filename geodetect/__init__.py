@@ -10,16 +10,15 @@ The public API — the functions the command line calls — is imported lazily, 
     detections = infer(model, [test_scene.image], out="detections.gpkg")
     print(evaluate(detections, test_scene.truth)["mean_ap"])
 
-`geodetect.train`, `geodetect.infer` and `geodetect.evaluate` are the *functions*, even after
-their modules were imported; reach the modules with `from geodetect.train import …` or
-`importlib.import_module("geodetect.train")`. See docs/api.md for the whole list.
+`geodetect.train`, `geodetect.infer`, `geodetect.evaluate` and `geodetect.pretrain` are
+functions; they live in the modules `geodetect.training`, `geodetect.inference`,
+`geodetect.evaluation` and `geodetect.pretraining` (a module and a function never share a
+name). See docs/api.md for the whole list.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import Any
 
 __version__ = "0.1.0"
@@ -31,13 +30,13 @@ _API = {
     "load_config": "config",
     # the main job: geodetect samples / train / infer / evaluate
     "write_samples": "samples",
-    "train": "train",
-    "pretrain": "pretrain",
+    "train": "training",
+    "pretrain": "pretraining",
     "load_model": "model",
-    "infer": "infer",
+    "infer": "inference",
     "export_onnx": "export",
-    "evaluate": "evaluate",
-    "precision_recall_curves": "evaluate",
+    "evaluate": "evaluation",
+    "precision_recall_curves": "evaluation",
     # data layer: geodetect rasterize, label files, rasters
     "rasterize_cloud": "pointcloud",
     "rasterize_file": "pointcloud",
@@ -56,29 +55,6 @@ _API = {
     # errors
     "GeodetectError": "errors",
 }
-
-# Functions named like the module that holds them: the function is the public name.
-_SHADOWED = frozenset(n for n, m in _API.items() if n == m)
-
-
-class _Package(types.ModuleType):
-    """The package module; keeps `geodetect.train` the function when its module loads.
-
-    Importing a submodule makes the import system set it as an attribute of the package,
-    which would hide the lazily imported function of the same name from then on.
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if (
-            name in _SHADOWED
-            and isinstance(value, types.ModuleType)
-            and value.__name__ == f"{__name__}.{name}"
-        ):
-            return  # the module stays reachable through sys.modules
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> Any:

@@ -21,7 +21,7 @@ def _progress_enabled(args: argparse.Namespace) -> bool:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from geodetect.config import load_config
-    from geodetect.train import train
+    from geodetect.training import train
 
     if args.extend and not args.resume:
         raise InputError("--extend only applies to --resume (a longer schedule for that run)")
@@ -45,7 +45,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from geodetect.config import load_config
-    from geodetect.pretrain import pretrain
+    from geodetect.pretraining import pretrain
 
     config = load_config(args.config, {"pretrain.epochs": args.epochs})
     out = pretrain(
@@ -62,7 +62,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 def _cmd_infer(args: argparse.Namespace) -> int:
     from geodetect.atomic import check_not_input
-    from geodetect.infer import infer
+    from geodetect.inference import infer
     from geodetect.scaleout import expand_images
     from geodetect.stac import resolve_scenes
 
@@ -122,7 +122,7 @@ def _cmd_samples(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from geodetect.evaluate import evaluate
+    from geodetect.evaluation import evaluate
 
     metrics = evaluate(
         pred=args.pred, truth=args.truth, iou=args.iou, errors=args.errors, region=args.region

@@ -41,9 +41,9 @@ def run_demo(out_dir: str | Path = "demo_out", progress: bool = False, quick: bo
     """Generate, train, detect, evaluate; returns {"metrics", "files", "seconds"}."""
     from geodetect.config import load_config
     from geodetect.data import make_sample_data, make_training_set
-    from geodetect.evaluate import evaluate
-    from geodetect.infer import infer
-    from geodetect.train import train
+    from geodetect.evaluation import evaluate
+    from geodetect.inference import infer
+    from geodetect.training import train
 
     p = QUICK if quick else FULL
     out = Path(out_dir)

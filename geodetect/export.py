@@ -102,7 +102,7 @@ def _calibration_chips(meta: dict, images: list[str]) -> list[np.ndarray]:
     """Normalised (1, C, 256, 256) chips at evenly spread tiles of the scenes (valid ones)."""
     from dataclasses import replace
 
-    from geodetect.infer import _read_batches, plan_tasks, resolve_settings
+    from geodetect.inference import _read_batches, plan_tasks, resolve_settings
 
     settings = resolve_settings(meta, tile=CALIB_TILE, overlap=0, tta=False)
     tasks = plan_tasks(images, None, meta, settings)

@@ -173,7 +173,7 @@ class _Emitter:
 
 def _train(p: dict, emit: _Emitter) -> dict:
     from geodetect.config import load_config
-    from geodetect.train import train
+    from geodetect.training import train
 
     config = load_config(p.get("config"), p.get("overrides") or {})
     kwargs = {"init": p["init"]} if p.get("init") else {}
@@ -194,7 +194,7 @@ def _train(p: dict, emit: _Emitter) -> dict:
 def _detect(p: dict, emit: _Emitter) -> dict:
     """The CLI's `infer` for the scene; a region (the view) is its area of interest."""
     from geodetect.aoi import OutsideError
-    from geodetect.infer import infer
+    from geodetect.inference import infer
 
     emit.progress({"stage": "detect"}, force=True)
     out = Path(p["out"])

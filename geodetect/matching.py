@@ -1,6 +1,6 @@
 """Matching detections to truth and the per-class numbers: AP, precision, recall, F1 and the
 angle and heading errors of the matches. Pure numpy/shapely on oriented boxes; the files,
-CRSs and error layers are evaluate.py's.
+CRSs and error layers are evaluation.py's.
 
 Matching is greedy by descending score with exact rotated-polygon IoU (geometry.rotated_iou):
 each prediction takes the best still-unmatched truth of its class (and image) at IoU >= `iou`.

@@ -363,7 +363,7 @@ LOADS = {"count": 0}  # models loaded in this process (tests check "once per wor
 
 def cached_detector(model: str, model_hash: str, device: str | None, batch_size: int) -> Any:
     """The detector for a model file in this process, loaded on first use."""
-    from geodetect.infer import load_detector
+    from geodetect.inference import load_detector
 
     key = (model, model_hash, str(device))
     if key not in _DETECTORS:
@@ -384,7 +384,7 @@ def detect_task(
     on_progress: Callable[[float], None] | None = None,
 ) -> gpd.GeoDataFrame:
     """Runner of one inference task (module level so workers can unpickle it)."""
-    from geodetect.infer import run_task
+    from geodetect.inference import run_task
 
     det = cached_detector(model, model_hash, device, settings.batch_size)
     n = max(1, len(task.windows))
@@ -465,7 +465,7 @@ def run_inference(
     In-process runs reuse `det` (already loaded); cluster workers load the model from the
     same path once each. Returns the merged file (the shard's file for `shard`).
     """
-    from geodetect.infer import _check_some_valid
+    from geodetect.inference import _check_some_valid
     from geodetect.merge import merge_detections
 
     model = str(Path(model).resolve())

@@ -5,7 +5,7 @@ asset's href as the scene path (remote ones go through GDAL, see remote.py) and 
 the projection extension (`proj:code`, `proj:epsg`, `proj:wkt2`, `proj:projjson`, on the asset
 or the item). A declared CRS that disagrees with the file's is an error; a file without one
 gets it (and `proj:transform`) through GDAL's `vrt://` connection string. Resolution happens
-before inference, so infer.py only ever sees scene paths.
+before inference, so inference.py only ever sees scene paths.
 """
 
 from __future__ import annotations

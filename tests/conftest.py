@@ -43,7 +43,7 @@ def trained_model(tmp_path_factory):
     from geodetect.config import load_config
     from geodetect.data import make_training_set
     from geodetect.demo import FULL
-    from geodetect.train import train
+    from geodetect.training import train
 
     root = tmp_path_factory.mktemp("trained_model")
     scenes, labels = make_training_set(

@@ -18,10 +18,10 @@ from scipy import ndimage
 
 from geodetect import geometry
 from geodetect.cli import main
-from geodetect.infer import Detector, infer
+from geodetect.inference import Detector, infer
 from geodetect.labels import read_vector, write_vector
 
-infer_mod = importlib.import_module("geodetect.infer")  # the package exports infer() by name
+infer_mod = importlib.import_module("geodetect.inference")  # the package exports infer() by name
 META = {"gsd": GSD, "bands": [1, 2, 3], "classes": ["car"], "arch": {"multiple": 32}}
 TILE, OVERLAP = 96, 40  # cars are at most 32 px long: whole in some tile's core
 

@@ -112,7 +112,7 @@ def test_model_save_interrupted_keeps_the_previous_model(tmp_path: Path, monkeyp
 
     import torch
 
-    train_module = importlib.import_module("geodetect.train")
+    train_module = importlib.import_module("geodetect.training")
     target = tmp_path / "model.pt"
     train_module._save({"a": torch.ones(3)}, target)
     before = target.read_bytes()

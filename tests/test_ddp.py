@@ -103,7 +103,7 @@ def test_too_many_ranks_for_the_gpus_is_a_clean_error():
 def _train_worker(rank: int, world: int, port: int, data: tuple, out: str, log: str) -> None:
     torchrun_env(rank, world, port)
     torch.set_num_threads(1)
-    from geodetect.train import train
+    from geodetect.training import train
 
     wrapped = []
     plain_wrap = ddp.wrap_model
@@ -143,8 +143,8 @@ def _train_worker(rank: int, world: int, port: int, data: tuple, out: str, log: 
 
 @pytest.mark.slow
 def test_two_rank_gloo_training_gives_a_model_that_detects(sample_small, tmp_path):
-    from geodetect.evaluate import evaluate
-    from geodetect.infer import infer
+    from geodetect.evaluation import evaluate
+    from geodetect.inference import infer
 
     out, log = tmp_path / "run", tmp_path / "ranks.log"
     data = (str(sample_small.image), str(sample_small.labels))
@@ -165,7 +165,7 @@ def test_reductions_move_tensors_to_the_runs_device(monkeypatch):
     import numpy as np
 
     from geodetect.config import TrainConfig
-    from geodetect.train import _hard_negative_weights
+    from geodetect.training import _hard_negative_weights
 
     class Reached(Exception):
         pass

@@ -13,7 +13,7 @@ import pytest
 import shapely
 
 from geodetect.cli import main
-from geodetect.evaluate import comparison_crs, evaluate, precision_recall_curves
+from geodetect.evaluation import comparison_crs, evaluate, precision_recall_curves
 from geodetect.geometry import boxes_from_corners
 from geodetect.matching import class_metrics
 

@@ -12,7 +12,7 @@ import shapely
 
 from geodetect import geometry
 from geodetect.cli import main
-from geodetect.evaluate import evaluate
+from geodetect.evaluation import evaluate
 
 CRS = "EPSG:32633"
 X0, Y0 = 500_000.0, 5_000_000.0

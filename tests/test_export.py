@@ -12,7 +12,7 @@ import torch
 
 from geodetect.cli import main
 from geodetect.device import cpu_bf16_reason
-from geodetect.infer import infer
+from geodetect.inference import infer
 from geodetect.model import build_model, fuse_conv_bn, model_blob
 
 torch.set_num_threads(2)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import os
 import subprocess
@@ -62,13 +61,8 @@ def test_notebooks_use_only_the_public_api(name):
                 assert not any(a.name.startswith("geodetect.") for a in node.names), name
 
 
-def _ml_core_missing() -> bool:
-    return importlib.util.find_spec("geodetect.train") is None
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-@pytest.mark.skipif(_ml_core_missing(), reason="geodetect.train is not written yet")
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_runs_top_to_bottom(name, tmp_path, monkeypatch):
     """Every cell runs on tiny settings, in a scratch folder, with a non-GUI matplotlib."""

@@ -13,7 +13,7 @@ from geodetect.cli import main
 from geodetect.config import load_config
 from geodetect.errors import ModelError
 from geodetect.model import build_model, load_model
-from geodetect.pretrain import nt_xent
+from geodetect.pretraining import nt_xent
 
 torch.set_num_threads(2)
 

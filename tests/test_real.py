@@ -15,7 +15,7 @@ from _painted import write_scene
 from geodetect.config import load_config
 from geodetect.errors import LabelError
 from geodetect.samples import load_project
-from geodetect.train import train
+from geodetect.training import train
 
 torch.set_num_threads(2)
 
@@ -43,7 +43,7 @@ def test_real_crop_trains_an_orientation_free_crown_detector(tmp_path):
     """Labels drawn as upright boxes (as DeepForest's are) make `tree` orientation-free on its
     own; a short run on the real crop then puts most of its best detections on crowns (crowns
     cover about 8 % of the crop), every one an upright box with angle 0 and no heading."""
-    from geodetect.infer import infer
+    from geodetect.inference import infer
     from geodetect.model import load_model
 
     model = train([str(CROP)], str(CROWNS), None, load_config(None, QUICK), tmp_path / "run",

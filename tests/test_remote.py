@@ -12,12 +12,12 @@ from _http import serve
 from geodetect.cli import main
 from geodetect.config import load_config
 from geodetect.errors import GeodetectError
-from geodetect.infer import infer
+from geodetect.inference import infer
 from geodetect.labels import read_vector
 from geodetect.pointcloud import open_cloud, rasterize_cloud
 from geodetect.raster import open_raster
 from geodetect.remote import display_name, gdal_path, is_remote
-from geodetect.train import train
+from geodetect.training import train
 
 TINY = {
     "data.chip_size": 64,

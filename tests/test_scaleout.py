@@ -380,7 +380,7 @@ def tiny_model(trained_model):
 
 @pytest.fixture(scope="module")
 def one_process(tiny_model, scenes, tmp_path_factory) -> Path:
-    from geodetect.infer import infer
+    from geodetect.inference import infer
 
     out = tmp_path_factory.mktemp("scaleout_one") / "det.gpkg"
     infer(tiny_model, [s.image for s in scenes], out=out, device="cpu")
@@ -399,7 +399,7 @@ def test_infer_on_two_workers_equals_one_process(tiny_model, scenes, one_process
 
 
 def test_each_worker_loads_the_model_once(tiny_model, scenes, client, tmp_path):
-    inf = importlib.import_module("geodetect.infer")  # geodetect.infer is the function
+    inf = importlib.import_module("geodetect.inference")  # geodetect.infer is the function
 
     det = inf.load_detector(tiny_model, "cpu")
     settings = inf.resolve_settings(det.meta)
@@ -419,7 +419,7 @@ def test_each_worker_loads_the_model_once(tiny_model, scenes, client, tmp_path):
 
 
 def test_shards_then_resume_equal_one_process(tiny_model, scenes, one_process, tmp_path):
-    from geodetect.infer import infer
+    from geodetect.inference import infer
 
     out = tmp_path / "det.gpkg"
     images = [s.image for s in scenes]
@@ -435,7 +435,7 @@ def test_inference_keys_follow_model_scene_and_params(tiny_model, scenes, tmp_pa
     import dataclasses
     import shutil
 
-    inf = importlib.import_module("geodetect.infer")  # geodetect.infer is the function
+    inf = importlib.import_module("geodetect.inference")  # geodetect.infer is the function
     from geodetect.manifest import file_sha256
 
     det = inf.load_detector(tiny_model, "cpu")
@@ -487,7 +487,7 @@ def test_remote_workers_get_absolute_paths(tmp_path, monkeypatch):
     from geodetect.raster import write_raster
     from geodetect.scaleout import run_inference
 
-    inf = importlib.import_module("geodetect.infer")
+    inf = importlib.import_module("geodetect.inference")
     monkeypatch.chdir(tmp_path)
     write_raster("scene.tif", np.ones((3, 64, 64), np.uint8), grid(64))
     det = inf.load_detector(write_model(tmp_path / "m.pt"), "cpu")

@@ -102,7 +102,7 @@ def test_cli_hands_infer_the_assets(tmp_path, monkeypatch, capsys):
         seen.update(kw)
         return tmp_path / "det.gpkg"
 
-    monkeypatch.setattr(importlib.import_module("geodetect.infer"), "infer", fake_infer)
+    monkeypatch.setattr(importlib.import_module("geodetect.inference"), "infer", fake_infer)
     argv = ["infer", "m.pt", "--stac", str(tmp_path / "item0.json"), "--asset", "visual"]
     assert main([*argv, "--from-list", str(tmp_path / "list.txt")]) == 0
     assert seen["images"] == [str(tmp_path / f"s{k}.tif") for k in (1, 2, 0)]

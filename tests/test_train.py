@@ -14,7 +14,7 @@ from _painted import write_scene
 from geodetect.cli import main
 from geodetect.config import load_config
 from geodetect.model import load_model
-from geodetect.train import train
+from geodetect.training import train
 
 torch.set_num_threads(2)
 
@@ -120,8 +120,8 @@ def test_uint16_imagery_trains_as_uint8(tmp_path):
 
 
 def test_trained_model_finds_cars_at_new_angles(painted, tmp_path):
-    from geodetect.evaluate import evaluate
-    from geodetect.infer import infer
+    from geodetect.evaluation import evaluate
+    from geodetect.inference import infer
 
     # 20 epochs: at 12 the median angle error sat at 3-5.4 degrees depending on the seed and
     # on OpenCV's interpolation (4.x vs 5.x); at 20 it is ~2 degrees for both seeds tried
@@ -349,7 +349,7 @@ def test_cuda_oom_in_training_is_one_line_naming_the_batch_size(
 ):
     import importlib
 
-    train_module = importlib.import_module("geodetect.train")  # geodetect.train: the function
+    train_module = importlib.import_module("geodetect.training")  # geodetect.train: the function
 
     def oom(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

@@ -11,7 +11,7 @@ from _painted import write_scene
 from geodetect.cli import main
 from geodetect.config import load_config
 from geodetect.model import build_model, load_model, make_arch
-from geodetect.train import train
+from geodetect.training import train
 from geodetect.weights import warm_start
 
 torch.set_num_threads(2)

@@ -28,7 +28,7 @@ def _draw(draw: ImageDraw.ImageDraw, gdf: gpd.GeoDataFrame, inv, colour, width: 
 
 
 def main(run: Path) -> None:
-    from geodetect.evaluate import evaluate
+    from geodetect.evaluation import evaluate
 
     image = run / "real" / "yell_test.tif"
     pred, truth = run / "yell_pred.gpkg", run / "real" / "yell_truth.gpkg"
