@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+import rasterio
 from _http import serve
 
 from geodetect.cli import main
@@ -142,6 +143,18 @@ def test_point_cloud_over_http(served, sample_small):
         rasterize_cloud(f"{base}/{local.name}", grid, kind="dsm"),
         rasterize_cloud(local, grid, kind="dsm"),
     )
+
+
+def test_rasterize_cli_reads_a_cloud_over_http(served, sample_small, tmp_path):
+    """The README's example: `geodetect rasterize https://…/cloud.laz --like scene.tif`."""
+    folder, base = served
+    name = sample_small.cloud.name
+    argv = ["rasterize", f"{base}/{name}", "--like", str(sample_small.image), "--out"]
+    assert main([*argv, str(tmp_path / "remote.tif")]) == 0
+    local = ["rasterize", str(folder / name), "--like", str(sample_small.image), "--out"]
+    assert main([*local, str(tmp_path / "local.tif")]) == 0
+    with rasterio.open(tmp_path / "remote.tif") as a, rasterio.open(tmp_path / "local.tif") as b:
+        np.testing.assert_array_equal(a.read(), b.read())
 
 
 def test_missing_or_unsupported_remote_cloud(served, tmp_path, capsys):
