@@ -97,13 +97,32 @@ def test_export_metadata_and_onnxruntime_parity(model_pt, scene, tmp_path):
     a = gpd.read_file(infer(model_pt, [scene], out=tmp_path / "pt.gpkg", device="cpu"))
     b = gpd.read_file(infer(out, [scene], out=tmp_path / "onnx.gpkg", device="cpu"))
     assert len(a) > 20  # the random net finds plenty, so parity means something
-    assert len(a) == len(b)
+    a, b = _paired(a, b)
     assert list(a["class"]) == list(b["class"])
     np.testing.assert_allclose(a["score"], b["score"], atol=1e-3)
-    ca = np.c_[a.geometry.centroid.x, a.geometry.centroid.y]
-    cb = np.c_[b.geometry.centroid.x, b.geometry.centroid.y]
-    np.testing.assert_allclose(ca, cb, atol=0.01)  # metres: 1/25 px
     np.testing.assert_allclose(a["angle_deg"], b["angle_deg"], atol=0.1)
+
+
+def _paired(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame) -> tuple:
+    """The two detection sets in matching order: each detection of `a` with the one of `b`
+    at the same centre (within 0.01 m, 1/25 px). Files are sorted by score, so two objects
+    whose scores tie within float noise may be written in either order by the two runtimes;
+    the pairing must still be one to one and complete."""
+    from scipy.spatial import cKDTree
+
+    assert len(a) == len(b)
+    assert sorted(a["class"]) == sorted(b["class"])
+    rows_a, rows_b = [], []
+    for cls in sorted(set(a["class"])):
+        ia, ib = np.flatnonzero(a["class"] == cls), np.flatnonzero(b["class"] == cls)
+        ca = np.c_[a.geometry.centroid.x.iloc[ia], a.geometry.centroid.y.iloc[ia]]
+        cb = np.c_[b.geometry.centroid.x.iloc[ib], b.geometry.centroid.y.iloc[ib]]
+        dist, idx = cKDTree(cb).query(ca)
+        assert dist.max() < 0.01, f"{cls}: a detection moved by {dist.max():.3f} m"
+        assert len(set(idx.tolist())) == len(ib), f"{cls}: two detections paired with one"
+        rows_a += ia.tolist()
+        rows_b += ib[idx].tolist()
+    return a.iloc[rows_a].reset_index(drop=True), b.iloc[rows_b].reset_index(drop=True)
 
 
 def test_int8_export_runs_and_detects(model_pt, scene, tmp_path, capsys):
@@ -153,10 +172,22 @@ def test_onnx_without_geodetect_metadata_is_refused(model_pt, scene, tmp_path, c
 
 @pytest.mark.skipif(cpu_bf16_reason() is not None, reason=str(cpu_bf16_reason()))
 def test_bf16_path_matches_fp32(model_pt, scene, tmp_path):
+    """bf16 keeps 8 bits of mantissa: every head moves by well under a tenth of its spread,
+    and the run end to end scores like fp32. (Counts and places are not compared: the random
+    net's heatmap is flat, hundreds of cells tie on the threshold, so 1e-3 moves them.)"""
+    from geodetect.torchrun import load_torch
+
+    x = np.random.default_rng(0).normal(size=(2, 3, 256, 256)).astype(np.float32)
+    fp32, _ = load_torch(model_pt, torch.device("cpu"), "fp32")
+    bf16, _ = load_torch(model_pt, torch.device("cpu"), "bf16")
+    want, got = fp32(x), bf16(x)
+    for k in want:
+        w, g = np.asarray(want[k], np.float64), np.asarray(got[k], np.float64)
+        assert np.abs(w - g).max() < 0.1 * w.std() + 1e-3, k
+
     a = gpd.read_file(infer(model_pt, [scene], out=tmp_path / "a.gpkg", device="cpu"))
     b = gpd.read_file(
         infer(model_pt, [scene], out=tmp_path / "b.gpkg", device="cpu", precision="bf16")
     )
     assert len(b) > 0
-    assert abs(len(a) - len(b)) <= max(2, len(a) // 20)
     np.testing.assert_allclose(np.sort(a["score"])[-10:], np.sort(b["score"])[-10:], atol=0.03)
