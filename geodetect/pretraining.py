@@ -24,7 +24,8 @@ from geodetect.atomic import atomic_path, check_out_dir
 from geodetect.config import Config, dump_config
 from geodetect.device import resolve_device
 from geodetect.errors import InputError
-from geodetect.model import MULTIPLE, SmallBackbone
+from geodetect.model import SmallBackbone
+from geodetect.targets import MULTIPLE
 
 PATCHES_PER_SCENE = 256  # random windows read once per scene (2 x chip side each)
 

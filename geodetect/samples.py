@@ -27,8 +27,8 @@ from geodetect import transforms
 from geodetect.config import Config
 from geodetect.errors import InputError, LabelError
 from geodetect.geometry import round_boxes
-from geodetect.model import MULTIPLE, STRIDE, encode_targets
 from geodetect.raster import Grid
+from geodetect.targets import MULTIPLE, STRIDE, encode_targets
 
 MAX_NEG_PATCHES_PER_POLYGON = 64
 
