@@ -7,8 +7,13 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from geodetect import geometry
+from geodetect.raster import Grid
 
 UTM = CRS.from_epsg(32633)
+
+
+def utm_grid(width: int, height: int, gsd: float = 0.5) -> Grid:
+    return Grid(UTM, Affine(gsd, 0, 500_000.0, 0, -gsd, 4_000_000.0), width, height)
 
 
 def north_up(res: float = 0.5) -> Affine:
