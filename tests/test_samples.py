@@ -13,13 +13,8 @@ from _painted import write_scene
 
 from geodetect.cli import main
 from geodetect.config import load_config
-from geodetect.samples import (
-    extract_patches,
-    known_at_stride,
-    load_project,
-    split_validation,
-    write_samples,
-)
+from geodetect.project import load_project, split_validation
+from geodetect.samples import extract_patches, known_at_stride, write_samples
 
 CARS = np.array(
     [
