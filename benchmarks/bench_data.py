@@ -57,7 +57,8 @@ def make_tif(path: Path, size: int, rows: int = 512) -> None:
     from rasterio.crs import CRS
     from rasterio.windows import Window
 
-    from geodetect.raster import Grid, raster_writer
+    from geodetect.geotiff import raster_writer
+    from geodetect.raster import Grid
 
     grid = Grid(CRS.from_epsg(32633), Affine(0.3, 0, X0, 0, -0.3, Y0), size, size)
     rng = np.random.default_rng(0)

@@ -64,7 +64,8 @@ def read_boxes(path: str | Path, fmt: str | None = None) -> list[ImageBoxes]:
 
 def vector_to_boxes(gdf: gpd.GeoDataFrame, scenes: list, source: str) -> list[ImageBoxes]:
     """A label or detection table as per-scene pixel boxes (detections keep their scores)."""
-    from geodetect.labels import _affine, heading_to_pixel, polygons_to_boxes, validate_labels
+    from geodetect.boxes import affine_geoms, heading_to_pixel, polygon_boxes
+    from geodetect.labels import validate_labels
     from geodetect.north import reproject_detections
     from geodetect.raster import Grid
 
@@ -95,7 +96,7 @@ def vector_to_boxes(gdf: gpd.GeoDataFrame, scenes: list, source: str) -> list[Im
         grid = grid or Grid(None, Affine.identity(), 0, 0)
         pos = (sub["label"] == "positive").to_numpy()
         try:
-            boxes, _ = polygons_to_boxes(list(sub.geometry[pos]), grid.transform)
+            boxes, _ = polygon_boxes(sub.geometry[pos], grid.transform)
         except ValueError as exc:
             raise LabelError(f"{source}: on {name}'s grid, {exc}") from None
         heads = (
@@ -108,7 +109,7 @@ def vector_to_boxes(gdf: gpd.GeoDataFrame, scenes: list, source: str) -> list[Im
         img.headings = heading_to_pixel(heads, grid.transform, georeferenced=grid.crs is not None)
         if detections:
             img.scores = sub["score"].to_numpy(float)[pos]
-        for g in _affine(sub.geometry.to_numpy()[~pos], ~grid.transform):
+        for g in affine_geoms(sub.geometry.to_numpy()[~pos], ~grid.transform):
             parts = list(getattr(g, "geoms", [g]))
             img.negatives += [p for p in parts if not p.interiors]  # a hole has no place
         out.append(img)
@@ -131,7 +132,7 @@ def boxes_to_vector(
     score), in the first matched scene's CRS; pixel coordinates when no scene is given.
     An image that matches none of `scenes` is an error when `strict`, else left out (training
     on some of a dataset's images)."""
-    from geodetect.labels import detections_frame, labels_frame
+    from geodetect.boxes import detections_frame, labels_frame
     from geodetect.north import reproject_detections
     from geodetect.raster import Grid, open_raster
 

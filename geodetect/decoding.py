@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-STRIDE = 4
+from geodetect.targets import STRIDE
+
 REG = ("offset", "size", "angle", "heading")
 
 

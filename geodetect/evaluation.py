@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from geodetect import geometry, north
+from geodetect import north
 from geodetect.errors import CRSError, InputError, LabelError
 from geodetect.matching import (
     IOU_THRESHOLDS,
@@ -33,23 +33,14 @@ Source = str | Path | gpd.GeoDataFrame  # a vector file or a table already in me
 
 
 def _boxes_of(gdf: Any, path: str) -> np.ndarray:
-    """Boxes (N, 5) in a y-down frame (map y mirrored, as merge.polygon_boxes does).
+    """Boxes (N, 5) in a y-down frame (`boxes.table_boxes`, one tolerance with the label
+    reader: a hand-drawn truth rectangle that trains must also evaluate). LabelError else."""
+    from geodetect.boxes import NotRectangle, table_boxes
 
-    Rectangles are checked to labels.RECT_RTOL, the tolerance the label reader accepts: a
-    hand-drawn truth rectangle that trains must also evaluate. LabelError for the others.
-    """
-    from geodetect.labels import RECT_RTOL, quad_corners
-
-    corners, ok = quad_corners(gdf.geometry.to_numpy())
-    if not ok.all():
-        raise LabelError(f"{path}: feature {int(np.argmin(ok))} is not a 4-corner polygon")
-    if gdf.crs is not None:
-        corners = corners * np.array([1.0, -1.0])
     try:
-        boxes, _ = geometry.boxes_from_corners(corners, y_down=True, rtol=RECT_RTOL)
-    except ValueError as exc:
-        raise LabelError(f"{path}: {exc}") from None
-    return boxes
+        return table_boxes(gdf)
+    except NotRectangle as err:
+        raise LabelError(f"{path}: feature {err.index} is not a 4-corner rectangle") from None
 
 
 def _headings(gdf: Any) -> np.ndarray:
@@ -113,29 +104,14 @@ def comparison_crs(p: Any, t: Any) -> Any:
         raise CRSError(f"no UTM zone for these files' extent ({exc}); reproject them") from None
 
 
-def _reprojected_headings(heads: np.ndarray, src: Any, dst: Any, boxes: np.ndarray) -> np.ndarray:
-    """Headings of `src`'s features in `dst`'s CRS, recomputed from the polygons there.
-
-    A heading is a ground direction: through true north it moves by the difference of the two
-    CRSs' meridian convergence; it then snaps to the nearest side of the reprojected rectangle
-    (the angle, +90, +180 or +270), so heading % 180 == angle holds in the comparison frame.
-    """
-    fin = np.isfinite(heads)
-    if not fin.any():
-        return heads
-    moved = heads + north.turn(src, dst)
-    turns = np.round(geometry.wrap_heading(moved - boxes[:, 4]) / 90.0)
-    return np.where(fin, geometry.wrap_heading(boxes[:, 4] + 90.0 * turns), np.nan)
-
-
 def _boxes_in(gdf: Any, crs: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Boxes and headings of `gdf`'s features in `crs` (the comparison frame)."""
     heads = _headings(gdf)
     if gdf.crs is None or gdf.crs == crs:
         return _boxes_of(gdf, name), heads
     moved = gdf.to_crs(crs)
-    boxes = _boxes_of(moved, name)
-    return boxes, _reprojected_headings(heads, gdf, moved, boxes)
+    boxes = _boxes_of(moved, name)  # headings snap to the sides of the reprojected rectangles
+    return boxes, north.turn_headings(heads, gdf, moved, angles=boxes[:, 4])
 
 
 @dataclass

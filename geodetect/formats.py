@@ -26,10 +26,10 @@ import shapely
 import yaml
 
 from geodetect import geometry
+from geodetect.boxes import corner_boxes
 from geodetect.errors import LabelError
 
 FORMATS = ("dota", "yolo", "coco", "cvat")
-RTOL = 0.05  # as labels.RECT_RTOL: hand-drawn rectangles are rarely square to the last digit
 
 
 @dataclass
@@ -72,7 +72,7 @@ def format_of(path: str | Path) -> str | None:
 
 def _from_corners(corners: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
     try:
-        return geometry.boxes_from_corners(corners, y_down=True, rtol=RTOL)
+        return corner_boxes(corners, y_down=True)  # the label reader's rectangle tolerance
     except ValueError as err:
         raise LabelError(f"{where}: {err}") from None
 

@@ -354,7 +354,7 @@ def run_task(
     task: Task, det: Detector, settings: Settings, on_tile: Callable[[], None] | None = None
 ) -> gpd.GeoDataFrame:
     """Detections of one task as a map-frame frame (contract schema, the grid's CRS)."""
-    from geodetect.labels import detections_frame
+    from geodetect.boxes import detections_frame
 
     g = task.grid
     tile = task.tile

@@ -1,6 +1,7 @@
-"""Label and detection vector files (contract tables), CRS handling, box <-> polygon.
+"""Label and detection vector files (contract tables): reading, validation, CRS, writing.
 
 Read with pyogrio/geopandas, written atomically by extension (.gpkg default, .geojson, .shp).
+Turning a table's rows into boxes and back (across CRSs and pixel frames) is `boxes.py`.
 """
 
 from __future__ import annotations
@@ -20,18 +21,25 @@ import numpy as np
 import pandas as pd
 import pyogrio
 import shapely
-from affine import Affine
 from pyproj import CRS, Transformer
 from shapely.geometry.base import BaseGeometry
 
 from geodetect import geometry
 from geodetect.atomic import atomic_path, check_out_dir, fsync_dir, fsync_file
+from geodetect.boxes import (
+    DETECTION_FIELDS,
+    RECT_RTOL,
+    NotRectangle,
+    affine_geoms,
+    heading_to_pixel,
+    polygon_boxes,
+    quad_corners,
+    single_polygons,
+)
 from geodetect.errors import CRSError, InputError, LabelError
 from geodetect.raster import Grid
 
-DETECTION_FIELDS = ["class", "score", "angle_deg", "heading_deg", "length_m", "width_m", "image"]
 LABEL_FIELDS = ["label", "class", "image", "heading_deg"]
-RECT_RTOL = 0.05  # hand-drawn rectangles (QGIS, napari) are rarely square to the last digit
 
 
 @dataclass
@@ -125,7 +133,7 @@ def validate_labels(gdf: gpd.GeoDataFrame, source: str = "labels") -> gpd.GeoDat
         raise LabelError(f"{source}: feature {i} has a NaN or infinite vertex; redraw it")
     if pos.any():
         _check_classes(gdf, pos, source)
-        geoms[pos] = _single_polygons(geoms[pos])
+        geoms[pos] = single_polygons(geoms[pos])
         rect = _rectangle_mask(geoms[pos], gdf.crs) & shapely.is_valid(geoms[pos])
         if not rect.all():
             i = int(np.nonzero(pos)[0][np.argmin(rect)])
@@ -179,29 +187,6 @@ def _text(value: object) -> str:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return ""
     return str(value).strip()
-
-
-def _single_polygons(geoms: np.ndarray) -> np.ndarray:
-    """MultiPolygons of one part (QGIS layers are often multi) as Polygons, repeats removed."""
-    multi1 = (shapely.get_type_id(geoms) == 6) & (shapely.get_num_geometries(geoms) == 1)
-    out = geoms.copy()
-    out[multi1] = shapely.get_geometry(geoms[multi1], 0)
-    return shapely.remove_repeated_points(out)
-
-
-def quad_corners(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Exterior corners (N, 4, 2) of 4-corner Polygons without holes, and which ones are such."""
-    geoms = np.asarray(geoms, dtype=object)
-    ok = (
-        (shapely.get_type_id(geoms) == 3)
-        & (shapely.get_num_interior_rings(geoms) == 0)
-        & (shapely.get_num_coordinates(geoms) == 5)
-    )
-    corners = np.full((len(geoms), 4, 2), np.nan)
-    if ok.any():
-        ring = shapely.get_coordinates(shapely.get_exterior_ring(geoms[ok]))
-        corners[ok] = ring.reshape(-1, 5, 2)[:, :4]
-    return corners, ok
 
 
 def _rectangle_mask(geoms: np.ndarray, crs: CRS | None) -> np.ndarray:
@@ -363,16 +348,14 @@ def labels_for_grid(
     if image_name and "image" in gdf and len(gdf):
         names = gdf["image"].map(_file_name)
         gdf = gdf[(names.isna() | (names == _file_name(image_name))).to_numpy()]
-    geoms = _affine(gdf.geometry.to_numpy(), ~grid.transform)
+    geoms = affine_geoms(gdf.geometry.to_numpy(), ~grid.transform)
     on_grid = shapely.intersects(geoms, shapely.box(0, 0, grid.width, grid.height))
     pos = (gdf["label"] == "positive").to_numpy() & on_grid
     neg = (gdf["label"] == "negative").to_numpy() & on_grid
-    corners, _ = quad_corners(geoms[pos])
     try:
-        boxes, _ = geometry.boxes_from_corners(corners, y_down=True, rtol=RECT_RTOL)
-    except ValueError:
-        bad = ~geometry.is_rectangle(corners, RECT_RTOL)
-        i = gdf.index[np.nonzero(pos)[0][np.argmax(bad)]]
+        boxes, _ = polygon_boxes(gdf.geometry.to_numpy()[pos], grid.transform)
+    except NotRectangle as err:
+        i = gdf.index[np.nonzero(pos)[0][err.index]]
         raise LabelError(f"{source}: feature {i} is not a rectangle on this scene's grid") from None
     heads = np.full(int(pos.sum()), np.nan)
     if "heading_deg" in gdf:
@@ -412,7 +395,9 @@ def _to_grid_crs(
                 f"its coordinates are not lon/lat; add a crs or save it as GeoPackage with one"
             )
     if gdf.crs is not None and not gdf.crs.equals(grid.crs):
-        gdf = gdf.to_crs(grid.crs)
+        from geodetect.north import reproject_detections
+
+        gdf = reproject_detections(gdf, grid.crs)  # headings turned to the grid's north
     return gdf
 
 
@@ -426,123 +411,3 @@ def _file_name(value: object) -> str | None:
     if not isinstance(value, str) or not value.strip():
         return None
     return PurePath(value.strip().replace("\\", "/")).name
-
-
-def _affine(geoms: np.ndarray, aff: Affine) -> np.ndarray:
-    """Geometries with an affine transform applied to every coordinate (vectorised)."""
-    m = np.array([[aff.a, aff.b], [aff.d, aff.e]])
-    off = np.array([aff.c, aff.f])
-    return shapely.transform(geoms, lambda xy: xy @ m.T + off)
-
-
-def _linear(aff: Affine) -> np.ndarray:
-    return np.array([[aff.a, aff.b], [aff.d, aff.e]])
-
-
-def heading_to_map(
-    headings_px: np.ndarray, transform: Affine, georeferenced: bool = True
-) -> np.ndarray:
-    """Pixel-frame angles/headings -> the map frame through the transform (rotation-aware).
-
-    Without a CRS the map frame is the pixel frame (y down). NaN stays NaN.
-    """
-    v = geometry.direction(headings_px, y_down=True) @ _linear(transform).T
-    return geometry.vector_angle(v, y_down=not georeferenced)
-
-
-def heading_to_pixel(
-    headings_map: np.ndarray, transform: Affine, georeferenced: bool = True
-) -> np.ndarray:
-    """Map-frame angles/headings -> the pixel frame of `transform`. NaN stays NaN."""
-    v = geometry.direction(headings_map, y_down=not georeferenced)
-    return geometry.vector_angle(v @ np.linalg.inv(_linear(transform)).T, y_down=True)
-
-
-def boxes_to_polygons(
-    boxes_px: np.ndarray, transform: Affine, headings_px: np.ndarray | None = None
-) -> list:
-    """Pixel-frame boxes -> shapely Polygons in map coordinates (corner order kept)."""
-    corners = geometry.box_corners(boxes_px, y_down=True, headings=headings_px)
-    return list(shapely.polygons(corners @ _linear(transform).T + [transform.c, transform.f]))
-
-
-def polygons_to_boxes(
-    polygons: list, transform: Affine, rtol: float = RECT_RTOL
-) -> tuple[np.ndarray, np.ndarray]:
-    """Map-frame 4-corner polygons -> pixel-frame boxes (N, 5) and corner-order headings.
-
-    Raises ValueError naming the first polygon that is not a 4-corner rectangle.
-    """
-    geoms = _single_polygons(np.asarray(list(polygons), dtype=object).reshape(-1))
-    corners, ok = quad_corners(geoms)
-    if not ok.all():
-        raise ValueError(f"polygon {int(np.argmin(ok))} is not a 4-corner rectangle")
-    inv = ~transform
-    px = corners @ _linear(inv).T + [inv.c, inv.f]
-    try:
-        return geometry.boxes_from_corners(px, y_down=True, rtol=rtol)
-    except ValueError as err:
-        raise ValueError(str(err).replace("corners", "polygon")) from None
-
-
-def detections_frame(
-    boxes_px: np.ndarray,
-    scores: np.ndarray,
-    classes: list[str],
-    headings_px: np.ndarray,
-    grid: Grid,
-    image: str,
-) -> gpd.GeoDataFrame:
-    """Detections in the contract's schema, in the grid's CRS (angles/headings converted to map).
-
-    Lengths and angles go through the transform's linear part, so rotated grids are exact.
-    """
-    boxes = np.asarray(boxes_px, np.float64).reshape(-1, 5)
-    heads = np.asarray(headings_px, np.float64).reshape(-1)
-    georef = grid.crs is not None
-    m = _linear(grid.transform)
-    along = geometry.direction(boxes[:, 4], y_down=True) @ m.T * boxes[:, 2:3]
-    across = geometry.direction(boxes[:, 4] + 90.0, y_down=True) @ m.T * boxes[:, 3:4]
-    length, width = np.linalg.norm(along, axis=1), np.linalg.norm(across, axis=1)
-    long_axis = np.where((length >= width)[:, None], along, across)
-    cols = {
-        "class": pd.Series([str(c) for c in classes], dtype=object),
-        "score": pd.Series(np.asarray(scores, np.float64).reshape(-1), dtype=float),
-        "angle_deg": geometry.wrap_angle(geometry.vector_angle(long_axis, y_down=not georef)),
-        "heading_deg": heading_to_map(heads, grid.transform, georeferenced=georef),
-        "length_m": np.maximum(length, width),
-        "width_m": np.minimum(length, width),
-        "image": pd.Series([str(image)] * len(boxes), dtype=object),
-    }
-    polys = gpd.GeoSeries(boxes_to_polygons(boxes, grid.transform, heads), crs=grid.crs)
-    return gpd.GeoDataFrame(cols, geometry=polys, crs=grid.crs)[[*DETECTION_FIELDS, "geometry"]]
-
-
-def labels_frame(
-    boxes_px: np.ndarray,
-    classes: list[str],
-    headings_px: np.ndarray | None,
-    negatives_px: list,
-    grid: Grid,
-    image: str | None = None,
-) -> gpd.GeoDataFrame:
-    """A contract label table (positives, then negatives) in the grid's CRS from pixel shapes."""
-    boxes = np.asarray(boxes_px, np.float64).reshape(-1, 5)
-    heads = (
-        np.full(len(boxes), np.nan)
-        if headings_px is None
-        else np.asarray(headings_px, np.float64).reshape(-1)
-    )
-    h_map = heading_to_map(heads, grid.transform, georeferenced=grid.crs is not None)
-    pos = boxes_to_polygons(boxes, grid.transform, heads)
-    neg = list(_affine(np.asarray(list(negatives_px), dtype=object), grid.transform))
-    n_pos, n_neg = len(pos), len(neg)
-    df = pd.DataFrame(
-        {
-            "label": ["positive"] * n_pos + ["negative"] * n_neg,
-            "class": [str(c) for c in classes] + [None] * n_neg,
-            "image": [image] * (n_pos + n_neg),
-            "heading_deg": np.concatenate([h_map, np.full(n_neg, np.nan)]),
-        }
-    )
-    return gpd.GeoDataFrame(df, geometry=gpd.GeoSeries(pos + neg, crs=grid.crs), crs=grid.crs)

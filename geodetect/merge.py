@@ -1,8 +1,9 @@
 """Merging detections: across tiles and tasks by rotated-polygon IoU, in a stable order.
 
-Boxes in map frames (y north) are compared after mirroring y (y' = -y): a global mirror keeps
-every IoU and, with the y-down angle convention, every angle, so geometry's pixel-frame maths
-applies unchanged. Files without a CRS are already in rasterio's y-down pixel frame.
+Boxes in map frames (y north) are compared after mirroring y (`boxes.table_boxes`): a global
+mirror keeps every IoU and, with the y-down angle convention, every angle, so geometry's
+pixel-frame maths applies unchanged. Files without a CRS are already in rasterio's y-down
+pixel frame.
 """
 
 from __future__ import annotations
@@ -12,30 +13,10 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import pandas as pd
-import shapely
 
 from geodetect import geometry
+from geodetect.boxes import DETECTION_FIELDS, table_boxes
 from geodetect.errors import CRSError
-from geodetect.labels import DETECTION_FIELDS
-
-
-def polygon_boxes(gdf: gpd.GeoDataFrame) -> np.ndarray:
-    """Boxes (N, 5) in a y-down frame from 4-corner rectangle polygons (map y mirrored).
-
-    Raises ValueError naming the first feature that is not a 4-corner rectangle.
-    """
-    if len(gdf) == 0:
-        return np.empty((0, 5))
-    geoms = gdf.geometry.values
-    is_quad = (shapely.get_type_id(geoms) == 3) & (shapely.get_num_coordinates(geoms) == 5)
-    bad = np.nonzero(~is_quad)[0]
-    if len(bad):
-        raise ValueError(f"feature {int(bad[0])} is not a 4-corner rectangle polygon")
-    corners = shapely.get_coordinates(shapely.get_exterior_ring(geoms)).reshape(-1, 5, 2)[:, :4]
-    if gdf.crs is not None:
-        corners = corners * np.array([1.0, -1.0])
-    boxes, _ = geometry.boxes_from_corners(corners, y_down=True)
-    return boxes
 
 
 def empty_detections(crs: Any = None) -> gpd.GeoDataFrame:
@@ -107,6 +88,6 @@ def merge_detections(
     keys = pd.Series(np.concatenate(scenes), index=gdf.index) + "\x00" + gdf["class"].astype(str)
     _, codes = np.unique(keys.to_numpy(), return_inverse=True)
     keep = geometry.rotated_nms(
-        polygon_boxes(gdf), gdf["score"].to_numpy(float), nms_iou, classes=codes
+        table_boxes(gdf), gdf["score"].to_numpy(float), nms_iou, classes=codes
     )
     return sort_detections(gdf.iloc[np.sort(np.asarray(keep, np.int64))])

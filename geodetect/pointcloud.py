@@ -20,7 +20,8 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from geodetect.errors import CRSError, GeodetectError, InputError, PointCloudError
-from geodetect.raster import Grid, open_raster, write_raster
+from geodetect.geotiff import write_raster
+from geodetect.raster import Grid, open_raster
 from geodetect.remote import fetch, is_remote
 
 KINDS = ("dsm", "dtm", "ndsm")

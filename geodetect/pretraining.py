@@ -24,7 +24,8 @@ from geodetect.atomic import atomic_path, check_out_dir
 from geodetect.config import Config, dump_config
 from geodetect.device import resolve_device
 from geodetect.errors import InputError
-from geodetect.model import MULTIPLE, SmallBackbone
+from geodetect.model import SmallBackbone
+from geodetect.targets import MULTIPLE
 
 PATCHES_PER_SCENE = 256  # random windows read once per scene (2 x chip side each)
 
@@ -58,13 +59,13 @@ def _read_patches(images: list[str], config: Config, seed: int) -> tuple[np.ndar
     """Normalised random windows of every scene (mostly valid ones), read once."""
     from rasterio.windows import Window
 
+    from geodetect.project import scene_bands
     from geodetect.raster import SceneReader, open_raster, working_grid
-    from geodetect.samples import _bands
 
     infos = [open_raster(p) for p in images]
-    bands = _bands(infos[0], config.data.bands)
+    bands = scene_bands(infos[0], config.data.bands)
     for info in infos[1:]:
-        if _bands(info, config.data.bands) != bands:
+        if scene_bands(info, config.data.bands) != bands:
             raise InputError(f"{info.path}: has other bands than {infos[0].path}; set data.bands")
     gsd = float(config.data.gsd or np.median([i.gsd for i in infos]))
     chip = int(math.ceil(config.data.chip_size / MULTIPLE) * MULTIPLE)

@@ -1,8 +1,9 @@
-"""The only rasterio user: open scenes, working grids, windows, resampled reads, writing.
+"""Reading scenes through rasterio: open, working grids, windows, resampled reads.
 
 Never loads a whole scene: every read is a window of a (possibly warped/resampled) grid.
 Every rasterio/GDAL failure is turned into a RasterError `<file>: <what is wrong>` here, at
-the boundary, so callers only ever see GeodetectErrors.
+the boundary (`raster_errors`, also used by `geotiff.py`, which writes, and `bandstats.py`,
+which samples pixels for colour statistics), so callers only ever see GeodetectErrors.
 
 GDAL's block cache defaults to 5 % of RAM and fills up on a long tiled pass over a big scene,
 so peak memory would depend on the machine, not on tile x batch; our reads are block-aligned
@@ -31,7 +32,6 @@ from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
-from geodetect.atomic import atomic_path
 from geodetect.errors import InputError, RasterError
 from geodetect.remote import gdal_path, is_remote
 
@@ -101,7 +101,7 @@ class RasterInfo:
 
 
 @contextlib.contextmanager
-def _raster_errors(path: str | Path) -> Iterator[None]:
+def raster_errors(path: str | Path) -> Iterator[None]:
     """Turn any GDAL/rasterio failure into RasterError `<file>: <what is wrong>`."""
     try:
         with warnings.catch_warnings():
@@ -143,7 +143,7 @@ def _missing_remote(msgs: list[str]) -> bool:
     return any(s in m for m in msgs for s in signs)
 
 
-def _check_file(path: str | Path) -> None:
+def check_file(path: str | Path) -> None:
     if is_remote(path):
         gdal_path(path)  # an unknown URL scheme fails here; GDAL reports the rest at open
         return
@@ -172,8 +172,8 @@ def _probe(ds: rasterio.io.DatasetReader) -> None:
 
 def open_raster(path: str | Path) -> RasterInfo:
     """Inspect a raster; raises RasterError (`<file>: <what is wrong>`) for anything unreadable."""
-    _check_file(path)
-    with _raster_errors(path), rasterio.open(gdal_path(path)) as ds:
+    check_file(path)
+    with raster_errors(path), rasterio.open(gdal_path(path)) as ds:
         if ds.count < 1 or ds.width < 1 or ds.height < 1:
             raise RasterError(f"{path}: has no pixels (a vector or empty dataset?)")
         if max(ds.width, ds.height) > _MAX_SIDE or ds.count > _MAX_BANDS:
@@ -330,8 +330,8 @@ class SceneReader:
             return
         # after fork the inherited handles belong to the parent: drop, never close them
         self._ds = self._vrt = None
-        _check_file(self.path)
-        with _raster_errors(self.path):
+        check_file(self.path)
+        with raster_errors(self.path):
             ds = rasterio.open(gdal_path(self.path))
             native = _native_grid(ds)
             if self.bands is None:
@@ -383,7 +383,7 @@ class SceneReader:
         src = self._vrt if self._vrt is not None else self._ds
         dc, dr = self._offset or (0, 0)
         inner = Window(c0 + dc, r0 + dr, c1 - c0, r1 - r0)
-        with _raster_errors(self.path):
+        with raster_errors(self.path):
             part = src.read(self.bands, window=inner, out_dtype="float32", boundless=False)
             masks = src.read_masks(self.bands, window=inner)
         ok = np.all(masks > 0, axis=0) & np.all(np.isfinite(part), axis=0)
@@ -453,148 +453,3 @@ def _starts(size: int, tile: int, step: int) -> list[int]:
         return [0]
     starts = list(range(0, size - tile, step))
     return [*starts, size - tile]
-
-
-def sample_pixels(
-    path: str | Path, bands: list[int] | None = None, max_pixels: int = 200_000, seed: int = 0
-) -> np.ndarray:
-    """Valid pixel values (C, N) float32 for band statistics, N <= max_pixels.
-
-    From the coarsest overview that still holds max_pixels pixels when the file has overviews,
-    else from seeded random windows; a small scene is read whole. Deterministic per seed.
-    """
-    _check_file(path)
-    rng = np.random.default_rng(seed)
-    with _raster_errors(path), rasterio.open(gdal_path(path)) as ds:
-        bands = list(bands) if bands else list(range(1, ds.count + 1))
-        if ds.width * ds.height <= max_pixels:
-            values = _valid_values(ds, bands, None, None)
-        elif ds.overviews(bands[0]):
-            values = _valid_values(ds, bands, None, _overview_shape(ds, bands[0], max_pixels))
-        else:
-            values = np.concatenate(
-                [_valid_values(ds, bands, w, None) for w in _sample_windows(ds, max_pixels, rng)],
-                axis=1,
-            )
-            if values.shape[1] < max_pixels // 20:  # mostly nodata (a mosaic's collar)
-                values = _valid_values(ds, bands, None, _decimated_shape(ds, 4 * max_pixels))
-    if values.shape[1] > max_pixels:
-        values = values[:, np.sort(rng.choice(values.shape[1], max_pixels, replace=False))]
-    return values
-
-
-def _overview_shape(ds: rasterio.io.DatasetReader, band: int, max_pixels: int) -> tuple[int, int]:
-    shapes = [(math.ceil(ds.height / f), math.ceil(ds.width / f)) for f in ds.overviews(band)]
-    adequate = [s for s in shapes if s[0] * s[1] >= max_pixels]
-    return min(adequate, key=lambda s: s[0] * s[1]) if adequate else max(shapes)
-
-
-def _decimated_shape(ds: rasterio.io.DatasetReader, max_pixels: int) -> tuple[int, int]:
-    """(rows, cols) of a whole-extent read holding about `max_pixels` (GDAL decimates)."""
-    f = math.sqrt(max_pixels / (ds.width * ds.height))
-    return max(1, math.ceil(ds.height * f)), max(1, math.ceil(ds.width * f))
-
-
-def _sample_windows(
-    ds: rasterio.io.DatasetReader, max_pixels: int, rng: np.random.Generator
-) -> list[Window]:
-    """Small windows, one at a random place in each cell of a regular grid over the scene.
-
-    Stratified and small because band percentiles are taken from them: a few large random
-    windows can land on one bright roof and move the 98th percentile by half the range.
-    """
-    side = 32
-    w, h = min(side, ds.width), min(side, ds.height)
-    n = max(1, math.ceil(2 * max_pixels / (w * h)))  # 2x: some windows are mostly nodata
-    gy = max(1, min(ds.height // h, round(math.sqrt(n * ds.height / ds.width))))
-    gx = max(1, min(ds.width // w, math.ceil(n / gy)))
-    windows = []
-    for r0, r1 in _cells(ds.height, gy):
-        for c0, c1 in _cells(ds.width, gx):
-            r = int(rng.integers(r0, max(r0, r1 - h) + 1))  # cells are >= the window
-            c = int(rng.integers(c0, max(c0, c1 - w) + 1))
-            windows.append(Window(c, r, w, h))
-    return windows
-
-
-def _cells(length: int, n: int) -> list[tuple[int, int]]:
-    edges = np.linspace(0, length, n + 1).astype(int)
-    return list(zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True))
-
-
-def _valid_values(
-    ds: rasterio.io.DatasetReader,
-    bands: list[int],
-    window: Window | None,
-    shape: tuple[int, int] | None,
-) -> np.ndarray:
-    kw: dict = {"window": window}
-    if shape is not None:
-        kw.update(out_shape=(len(bands), *shape), resampling=Resampling.nearest)
-    data = ds.read(bands, out_dtype="float32", **kw)
-    masks = ds.read_masks(bands, **kw)
-    ok = np.all(masks > 0, axis=0) & np.all(np.isfinite(data), axis=0)
-    return data[:, ok]
-
-
-# ------------------------------------------------------------------------------ writing
-
-
-def _profile(grid: Grid, count: int, dtype: np.dtype, nodata: float | None, compress: str) -> dict:
-    profile = {
-        "driver": "GTiff",
-        "width": grid.width,
-        "height": grid.height,
-        "count": count,
-        "dtype": dtype.name,
-        "crs": grid.crs,
-        "transform": grid.transform,
-        "nodata": nodata,
-        "tiled": True,
-        "blockxsize": 256,
-        "blockysize": 256,
-        "compress": compress,
-        "BIGTIFF": "IF_SAFER",
-    }
-    if compress.lower() in ("deflate", "lzw", "zstd"):
-        profile["predictor"] = 3 if dtype.kind == "f" else 2
-    return profile
-
-
-def write_raster(
-    path: str | Path,
-    array: np.ndarray,
-    grid: Grid,
-    nodata: float | None = None,
-    compress: str = "deflate",
-) -> Path:
-    """Write (C, H, W) or (H, W) as a tiled GeoTIFF, atomically. Bool arrays become uint8."""
-    arr = np.asarray(array)
-    if arr.dtype == bool:
-        arr = arr.astype(np.uint8)
-    if arr.ndim == 2:
-        arr = arr[None]
-    if arr.ndim != 3 or arr.shape[1:] != (grid.height, grid.width):
-        raise InputError(
-            f"{path}: array shape {np.shape(array)} does not match grid {grid.height}×{grid.width}"
-        )
-    with raster_writer(path, grid, arr.shape[0], arr.dtype, nodata, compress) as dst:
-        dst.write(arr)
-    return Path(path)
-
-
-@contextlib.contextmanager
-def raster_writer(
-    path: str | Path,
-    grid: Grid,
-    count: int,
-    dtype: np.dtype | str,
-    nodata: float | None = None,
-    compress: str = "deflate",
-) -> Iterator[rasterio.io.DatasetWriter]:
-    """An open tiled GeoTIFF for windowed writes (`dst.write(arr, window=w)`); renamed into
-    place only when the block exits cleanly, so a killed writer leaves no file."""
-    profile = _profile(grid, count, np.dtype(dtype), nodata, compress)
-    with atomic_path(path) as tmp:
-        with _raster_errors(path), rasterio.open(tmp, "w", **profile) as dst:
-            yield dst

@@ -26,15 +26,9 @@ from geodetect.config import Config, dump_config
 from geodetect.device import autocast, empty_cache, is_oom, resolve_device, use_amp
 from geodetect.errors import GeodetectError, InputError
 from geodetect.model import build_model, decode, detection_loss, make_arch, model_blob
+from geodetect.project import Project, load_project, split_validation
 from geodetect.resume import check_resume, run_identity
-from geodetect.samples import (
-    Patch,
-    Project,
-    extract_patches,
-    load_project,
-    make_chip,
-    split_validation,
-)
+from geodetect.samples import Patch, extract_patches, make_chip
 
 CHECKPOINT = "checkpoint.pt"
 VAL_THRESHOLD = 0.05

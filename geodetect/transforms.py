@@ -57,11 +57,11 @@ def scene_stats(
 ) -> dict[str, Any]:
     """Robust per-band range of a scene: {"low", "high", "percentiles", "pixels"}.
 
-    From overviews or a seeded sample of windows (raster.sample_pixels), nodata excluded, so
+    From overviews or a seeded sample of windows (bandstats.sample_pixels), nodata excluded, so
     it costs the same for a 1 Mpx and a 1 Gpx scene and is the same every run.
     """
+    from geodetect.bandstats import sample_pixels
     from geodetect.errors import InputError
-    from geodetect.raster import sample_pixels
 
     lo_p, hi_p = percentiles_of(meta_or_config)
     values = sample_pixels(path, bands, max_pixels=max_pixels, seed=0)

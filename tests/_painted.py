@@ -10,7 +10,8 @@ import shapely
 from affine import Affine
 
 from geodetect import geometry
-from geodetect.labels import labels_frame, write_vector
+from geodetect.boxes import labels_frame
+from geodetect.labels import write_vector
 from geodetect.raster import Grid
 
 GSD = 0.25

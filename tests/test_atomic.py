@@ -92,7 +92,8 @@ def test_raster_writer_interrupted_keeps_the_previous_dem(tmp_path: Path) -> Non
     from affine import Affine
     from rasterio.windows import Window
 
-    from geodetect.raster import Grid, raster_writer, write_raster
+    from geodetect.geotiff import raster_writer, write_raster
+    from geodetect.raster import Grid
 
     grid = Grid(None, Affine.identity(), 64, 64)
     target = write_raster(tmp_path / "dem.tif", np.ones((64, 64), np.float32), grid)

@@ -23,9 +23,10 @@ from test_pointcloud import UTM33, X0, Y0, random_cloud, write_las
 
 from geodetect.cli import main
 from geodetect.config import Config, dump_config
+from geodetect.geotiff import write_raster
 from geodetect.labels import read_vector, write_vector
 from geodetect.model import build_model, make_arch, model_blob
-from geodetect.raster import Grid, write_raster
+from geodetect.raster import Grid
 
 CARS = np.array(
     [

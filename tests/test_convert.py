@@ -9,16 +9,10 @@ import shapely
 from affine import Affine
 
 from geodetect import geometry
+from geodetect.boxes import detections_frame, labels_frame
 from geodetect.cli import main
 from geodetect.convert import convert_labels
-from geodetect.labels import (
-    detections_frame,
-    labels_for_grid,
-    labels_frame,
-    read_labels,
-    read_vector,
-    write_vector,
-)
+from geodetect.labels import labels_for_grid, read_labels, read_vector, write_vector
 from geodetect.raster import Grid, open_raster
 
 # awkward on purpose: fractional coordinates, a front on each side, angles near the wrap

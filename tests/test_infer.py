@@ -13,12 +13,13 @@ import shapely
 import torch
 
 from geodetect import tta
+from geodetect.boxes import table_boxes
 from geodetect.cli import main
 from geodetect.evaluation import evaluate
 from geodetect.geometry import rotated_iou
 from geodetect.inference import SEAM_SLACK_PX, _core, infer
 from geodetect.matching import class_metrics
-from geodetect.merge import merge_detections, polygon_boxes
+from geodetect.merge import merge_detections
 
 torch.set_num_threads(2)
 
@@ -133,7 +134,7 @@ def test_merge_removes_cross_task_duplicates_and_sorts():
     # equal scores: north first
     assert m.geometry.centroid.y.iloc[2] > m.geometry.centroid.y.iloc[3]
     assert m.crs == a.crs
-    assert polygon_boxes(m)[:, 2] == pytest.approx([10, 4.5, 4.5, 4.5])
+    assert table_boxes(m)[:, 2] == pytest.approx([10, 4.5, 4.5, 4.5])
     assert len(merge_detections([], 0.3)) == 0
 
 
@@ -205,14 +206,14 @@ def test_seam_objects_found_once_and_whole(trained_model, baseline, scene_pair, 
     small, big = gpd.read_file(baseline), gpd.read_file(whole)
     # no object twice: no two same-class detections overlap
     for name, part in small.groupby("class"):
-        boxes = polygon_boxes(part)
+        boxes = table_boxes(part)
         iou = rotated_iou(boxes, boxes)
         np.fill_diagonal(iou, 0)
         assert iou.max(initial=0) < 0.3, name
     for name in set(big["class"]):
         s, b = small[small["class"] == name], big[big["class"] == name]
         strong = b[b["score"] >= 0.5]
-        r = class_metrics(polygon_boxes(s), s["score"].to_numpy(), polygon_boxes(strong), 0.5)
+        r = class_metrics(table_boxes(s), s["score"].to_numpy(), table_boxes(strong), 0.5)
         assert r["recall"] is None or r["recall"] >= 0.9, name
 
 
@@ -253,7 +254,7 @@ def test_rotated_scene_gives_rotated_detections(trained_model, baseline, scene_p
         strong = o[o["score"] >= 0.5]
         if len(strong) == 0:
             continue
-        m = class_metrics(polygon_boxes(r), r["score"].to_numpy(), polygon_boxes(strong), 0.5)
+        m = class_metrics(table_boxes(r), r["score"].to_numpy(), table_boxes(strong), 0.5)
         assert m["recall"] >= 0.8, name
         assert m["angle_error_median"] <= 5.0, name
 

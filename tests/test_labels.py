@@ -1,4 +1,4 @@
-"""Label and detection files: schema validation, CRS, pixel <-> map boxes, atomic writes."""
+"""Label and detection files: schema validation, CRS, scene grids, atomic writes."""
 
 from __future__ import annotations
 
@@ -12,45 +12,15 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import shapely
+from _grids import TRANSFORMS, UTM, assert_same_boxes, north_up, random_boxes
 from affine import Affine
-from rasterio.crs import CRS
 from shapely.geometry import MultiPolygon, Polygon, box
 
 from geodetect import geometry
 from geodetect import labels as L
+from geodetect.boxes import boxes_to_polygons, labels_frame, quad_corners
 from geodetect.errors import CRSError, InputError, LabelError
 from geodetect.raster import Grid
-
-UTM = CRS.from_epsg(32633)
-
-
-def _north_up(res: float = 0.5) -> Affine:
-    return Affine(res, 0.0, 500_000.0, 0.0, -res, 5_320_000.0)  # near 48 N, 15 E
-
-
-def _rotated(deg: float = 30.0, res: float = 0.5) -> Affine:
-    return (
-        Affine.translation(500_000.0, 5_320_000.0) * Affine.rotation(deg) * Affine.scale(res, -res)
-    )
-
-
-TRANSFORMS = {"north_up": _north_up(), "rotated": _rotated(), "rotated_neg": _rotated(-71.0, 0.3)}
-
-
-def _boxes(n: int, size: int = 256, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    length = rng.uniform(4, 30, n)
-    width = length * rng.uniform(0.2, 0.9, n)
-    angle = rng.uniform(0, 180, n)
-    edge = [0.0, 1e-9, 179.9999999, 90.0, 180.0 - 1e-12]  # the 0/180 wrap and the axes
-    angle[: len(edge)] = edge[:n]
-    xy = rng.uniform(20, size - 20, (n, 2))
-    return np.column_stack([xy, length, width, geometry.wrap_angle(angle)])
-
-
-def _same_boxes(a: np.ndarray, b: np.ndarray, tol: float) -> None:
-    np.testing.assert_allclose(a[:, :4], b[:, :4], atol=tol)
-    assert geometry.angle_difference(a[:, 4], b[:, 4]).max() < tol
 
 
 def _frame(**cols) -> gpd.GeoDataFrame:
@@ -58,98 +28,16 @@ def _frame(**cols) -> gpd.GeoDataFrame:
     return gpd.GeoDataFrame(cols, geometry=geoms, crs=cols.pop("crs", UTM))
 
 
-# ------------------------------------------------------------------ pixel <-> map conversions
-
-
-@pytest.mark.parametrize("name", list(TRANSFORMS))
-def test_box_polygon_round_trip(name: str) -> None:
-    t = TRANSFORMS[name]
-    boxes = _boxes(300)
-    heads = geometry.wrap_heading(boxes[:, 4] + 180.0 * (np.arange(300) % 2))
-    polys = L.boxes_to_polygons(boxes, t, heads)
-    back, implied = L.polygons_to_boxes(polys, t)
-    _same_boxes(back, boxes, 1e-6)
-    assert geometry.angle_difference(implied, heads, 360.0).max() < 1e-6
-    # the polygon really sits where the transform puts the pixel centre
-    centre = np.array(t * (boxes[0, 0], boxes[0, 1]))
-    np.testing.assert_allclose(np.array(polys[0].centroid.coords[0]), centre, atol=1e-6)
-
-
-@pytest.mark.parametrize("name", list(TRANSFORMS))
-def test_heading_frame_conversion(name: str) -> None:
-    t = TRANSFORMS[name]
-    h = np.array([0.0, 10.0, 90.0, 179.0, 270.0, 359.9, np.nan])
-    there = L.heading_to_map(h, t)
-    back = L.heading_to_pixel(there, t)
-    assert geometry.angle_difference(back[:-1], h[:-1], 360.0).max() < 1e-9
-    assert np.isnan(there[-1])
-    # against the geometry itself: the map direction of a pixel step along h
-    p0, p1 = (
-        np.array(t * (10.0, 10.0)),
-        np.array(t * tuple(np.array([10.0, 10.0]) + geometry.direction(h[1]))),
-    )
-    assert geometry.vector_angle(p1 - p0, y_down=False) == pytest.approx(there[1])
-
-
-def test_north_up_angles_equal_and_rotated_shift() -> None:
-    h = np.array([0.0, 45.0, 300.0])
-    np.testing.assert_allclose(L.heading_to_map(h, _north_up()), h, atol=1e-12)
-    # a grid turned 30 degrees counter-clockwise: pixel north points to map 330
-    np.testing.assert_allclose(L.heading_to_map(h, _rotated(30.0)), [330.0, 15.0, 270.0], atol=1e-9)
-    # no CRS: the map frame is the pixel frame (identity transform, y down)
-    np.testing.assert_allclose(L.heading_to_map(h, Affine.identity(), georeferenced=False), h)
-
-
-@pytest.mark.parametrize("name", list(TRANSFORMS))
-def test_detections_frame_schema_and_map_angles(name: str) -> None:
-    t = TRANSFORMS[name]
-    grid = Grid(UTM, t, 256, 256)
-    boxes = _boxes(20, seed=5)
-    heads = geometry.wrap_heading(boxes[:, 4] + 180.0 * (np.arange(20) % 2))
-    heads[::3] = np.nan  # classes without a front
-    classes = ["vehicle"] * 20
-    det = L.detections_frame(boxes, np.linspace(0.1, 1, 20), classes, heads, grid, "a.tif")
-    assert list(det.columns) == [*L.DETECTION_FIELDS, "geometry"]
-    assert det.crs == UTM and (det["image"] == "a.tif").all()
-    res = 0.3 if name == "rotated_neg" else 0.5
-    np.testing.assert_allclose(det["length_m"], boxes[:, 2] * res, rtol=1e-9)
-    np.testing.assert_allclose(det["width_m"], boxes[:, 3] * res, rtol=1e-9)
-    assert det["heading_deg"].isna().sum() == 7
-    # map-frame fields agree with the written polygons, measured independently
-    corners, ok = L.quad_corners(det.geometry.to_numpy())
-    assert ok.all()
-    mb, implied = geometry.boxes_from_corners(corners, y_down=False)
-    assert geometry.angle_difference(det["angle_deg"], mb[:, 4]).max() < 1e-6
-    front = det["heading_deg"].notna().to_numpy()
-    assert geometry.angle_difference(det["heading_deg"][front], implied[front], 360).max() < 1e-6
-    a = det["angle_deg"].to_numpy()
-    assert ((a >= 0) & (a < 180)).all()
-
-
-def test_detections_frame_empty_and_pixel_grid(tmp_path: Path) -> None:
-    grid = Grid(None, Affine.identity(), 64, 64)
-    empty = L.detections_frame(np.zeros((0, 5)), np.zeros(0), [], np.zeros(0), grid, "a.png")
-    assert len(empty) == 0 and list(empty.columns) == [*L.DETECTION_FIELDS, "geometry"]
-    L.write_vector(empty, tmp_path / "d.gpkg")
-    assert len(L.read_vector(tmp_path / "d.gpkg")) == 0
-    b = np.array([[10.0, 20.0, 8.0, 2.0, 60.0]])
-    det = L.detections_frame(b, [0.9], ["car"], np.array([240.0]), grid, "a.png")
-    assert det.crs is None
-    assert det["angle_deg"].iloc[0] == pytest.approx(60.0)
-    assert det["heading_deg"].iloc[0] == pytest.approx(240.0)
-    assert det.geometry.iloc[0].centroid.coords[0] == pytest.approx((10.0, 20.0))
-
-
 # ----------------------------------------------------------------------------- file formats
 
 
 def _labels(grid: Grid, n: int = 12, image: str | None = None) -> tuple[gpd.GeoDataFrame, dict]:
-    boxes = _boxes(n, seed=7)
+    boxes = random_boxes(n, seed=7)
     heads = np.where(np.arange(n) % 2 == 0, geometry.wrap_heading(boxes[:, 4] + 180.0), np.nan)
     classes = ["vehicle" if i % 2 == 0 else "building" for i in range(n)]
     hole = box(100, 100, 200, 200).difference(box(120, 120, 140, 140))
     negs = [hole, MultiPolygon([box(0, 0, 10, 10), box(30, 30, 40, 40)])]
-    gdf = L.labels_frame(boxes, classes, heads, negs, grid, image)
+    gdf = labels_frame(boxes, classes, heads, negs, grid, image)
     return gdf, {"boxes": boxes, "heads": heads, "classes": classes, "negs": negs}
 
 
@@ -164,7 +52,7 @@ def test_write_read_round_trip(tmp_path: Path, ext: str, name: str) -> None:
     assert back.crs.equals(UTM)
     assert list(back["label"]) == list(gdf["label"])
     scene = L.labels_for_grid(back, grid, "scene.tif")
-    _same_boxes(scene.boxes, truth["boxes"], 1e-6)
+    assert_same_boxes(scene.boxes, truth["boxes"], 1e-6)
     assert scene.classes == truth["classes"]
     np.testing.assert_allclose(scene.headings, truth["heads"], atol=1e-6)  # NaN where NaN
     assert len(scene.negatives) == 2 and len(scene.negatives[0].interiors) == 1
@@ -332,11 +220,11 @@ def test_normalised_fields(tmp_path: Path) -> None:
 
 def test_wgs84_labels_on_utm_grid_within_half_pixel(tmp_path: Path) -> None:
     """RELIABILITY 7: labels stored in EPSG:4326 land on the UTM scene's pixels."""
-    grid = Grid(UTM, _north_up(0.3), 512, 512)
+    grid = Grid(UTM, north_up(0.3), 512, 512)
     gdf, truth = _labels(grid, n=30)
     wgs = gdf.to_crs(4326)
     # rotated rectangles are parallelograms in degrees: validation must judge them on the ground
-    assert not geometry.is_rectangle(L.quad_corners(wgs.geometry.to_numpy())[0][:30], 0.05).all()
+    assert not geometry.is_rectangle(quad_corners(wgs.geometry.to_numpy())[0][:30], 0.05).all()
     path = L.write_vector(wgs, tmp_path / "labels.geojson")
     back = L.read_labels(path)
     assert back.crs.to_epsg() == 4326
@@ -350,7 +238,7 @@ def test_wgs84_labels_on_utm_grid_within_half_pixel(tmp_path: Path) -> None:
 
 
 def test_labels_without_crs_on_georeferenced_grid(tmp_path: Path) -> None:
-    grid = Grid(UTM, _north_up(), 256, 256)
+    grid = Grid(UTM, north_up(), 256, 256)
     gdf, _ = _labels(grid)
     path = _write(tmp_path, gdf.set_crs(None, allow_override=True))
     back = L.read_labels(path)
@@ -361,7 +249,7 @@ def test_labels_without_crs_on_georeferenced_grid(tmp_path: Path) -> None:
 
 def test_georeferenced_labels_on_pixel_grid(tmp_path: Path) -> None:
     grid = Grid(None, Affine.identity(), 256, 256)
-    gdf, _ = _labels(Grid(UTM, _north_up(), 256, 256))
+    gdf, _ = _labels(Grid(UTM, north_up(), 256, 256))
     with pytest.raises(CRSError, match="EPSG:32633 but scene.png has no CRS"):
         L.labels_for_grid(L.read_labels(_write(tmp_path, gdf)), grid, "scene.png")
 
@@ -375,42 +263,42 @@ def test_pixel_labels_on_pixel_grid(tmp_path: Path, ext: str) -> None:
     # pixel frame: a heading of 90 points to +x, 0 to -row; the front edge is where it points
     back = L.read_labels(L.write_vector(gdf, tmp_path / f"l.{ext}"))
     scene = L.labels_for_grid(back, grid, "scene.png")
-    _same_boxes(scene.boxes, truth["boxes"], 1e-6)
+    assert_same_boxes(scene.boxes, truth["boxes"], 1e-6)
     np.testing.assert_allclose(scene.headings, truth["heads"], atol=1e-6)
 
 
 def test_image_field_filters_rows_by_file_name() -> None:
-    grid = Grid(UTM, _north_up(), 256, 256)
-    boxes = _boxes(4, seed=9)
-    gdf = L.labels_frame(boxes, ["car"] * 4, None, [], grid)
+    grid = Grid(UTM, north_up(), 256, 256)
+    boxes = random_boxes(4, seed=9)
+    gdf = labels_frame(boxes, ["car"] * 4, None, [], grid)
     gdf["image"] = ["a.tif", r"C:\data\b.tif", None, "/mnt/x/a.tif"]
     scene = L.labels_for_grid(gdf, grid, "/somewhere/else/a.tif")
     assert scene.feature_ids == [0, 2, 3]
-    _same_boxes(scene.boxes, boxes[[0, 2, 3]], 1e-6)
+    assert_same_boxes(scene.boxes, boxes[[0, 2, 3]], 1e-6)
     assert L.labels_for_grid(gdf, grid, "b.tif").feature_ids == [1, 2]
     assert L.labels_for_grid(gdf, grid).feature_ids == [0, 1, 2, 3]
 
 
 def test_only_features_on_the_grid_are_kept() -> None:
-    big = Grid(UTM, _north_up(), 512, 512)
+    big = Grid(UTM, north_up(), 512, 512)
     boxes = np.array([[50.0, 50.0, 10, 4, 0], [300.0, 300.0, 10, 4, 0], [127.0, 60.0, 10, 4, 90]])
     negs = [box(400, 400, 450, 450), box(0, 0, 20, 20)]
-    gdf = L.labels_frame(boxes, ["car"] * 3, None, negs, big)
-    small = Grid(UTM, _north_up(), 128, 128)  # same origin, a quarter of the area
+    gdf = labels_frame(boxes, ["car"] * 3, None, negs, big)
+    small = Grid(UTM, north_up(), 128, 128)  # same origin, a quarter of the area
     scene = L.labels_for_grid(gdf, small, "s.tif")
     assert scene.feature_ids == [0, 2]  # the one across the edge stays, whole
     assert scene.boxes[1, 0] == pytest.approx(127.0)
     assert len(scene.negatives) == 1 and scene.negatives[0].bounds == pytest.approx((0, 0, 20, 20))
     # a window of the grid: pixel frame shifts with it
-    win = Grid(UTM, _north_up() * Affine.translation(100, 40), 64, 64)
+    win = Grid(UTM, north_up() * Affine.translation(100, 40), 64, 64)
     moved = L.labels_for_grid(gdf, win, "s.tif")
     assert moved.feature_ids == [2]
     assert moved.boxes[0, :2] == pytest.approx([27.0, 20.0])
 
 
 def test_empty_scene_labels_shapes() -> None:
-    grid = Grid(UTM, _north_up(), 64, 64)
-    gdf = L.labels_frame(np.zeros((0, 5)), [], None, [box(0, 0, 10, 10)], grid)
+    grid = Grid(UTM, north_up(), 64, 64)
+    gdf = labels_frame(np.zeros((0, 5)), [], None, [box(0, 0, 10, 10)], grid)
     scene = L.labels_for_grid(gdf, grid)
     assert scene.boxes.shape == (0, 5) and scene.headings.shape == (0,) and scene.classes == []
     assert len(scene.negatives) == 1
@@ -419,7 +307,7 @@ def test_empty_scene_labels_shapes() -> None:
 @pytest.mark.parametrize("ext", ["gpkg", "geojson", "shp"])
 def test_same_table_gives_byte_identical_file(tmp_path: Path, ext: str) -> None:
     """RELIABILITY 6: GeoPackages stamp the write time; ours do not vary between runs."""
-    grid = Grid(UTM, _north_up(), 256, 256)
+    grid = Grid(UTM, north_up(), 256, 256)
     gdf, _ = _labels(grid)
     a = L.write_vector(gdf, tmp_path / f"a.{ext}").read_bytes()
     os.utime(tmp_path / f"a.{ext}", (0, 0))
@@ -430,9 +318,9 @@ def test_same_table_gives_byte_identical_file(tmp_path: Path, ext: str) -> None:
 
 
 def test_numeric_class_values_are_names(tmp_path: Path) -> None:
-    rect = L.boxes_to_polygons(np.array([[10.0, 10.0, 8.0, 4.0, 0.0]]), _north_up())
+    rect = boxes_to_polygons(np.array([[10.0, 10.0, 8.0, 4.0, 0.0]]), north_up())
     gdf = _frame(label=["positive"], **{"class": [3]}, geometry=rect)
-    scene = L.labels_for_grid(L.read_labels(_write(tmp_path, gdf)), Grid(UTM, _north_up(), 64, 64))
+    scene = L.labels_for_grid(L.read_labels(_write(tmp_path, gdf)), Grid(UTM, north_up(), 64, 64))
     assert scene.classes == ["3"]
 
 

@@ -11,14 +11,13 @@ import torch
 from geodetect.errors import ModelError
 from geodetect.geometry import round_boxes
 from geodetect.model import (
-    MULTIPLE,
     build_model,
     decode,
     detection_loss,
-    encode_targets,
     load_model,
     model_blob,
 )
+from geodetect.targets import MULTIPLE, encode_targets
 
 ARCH = {"in_channels": 4, "n_classes": 2, "width": 8, "backbone": "none", "multiple": MULTIPLE}
 

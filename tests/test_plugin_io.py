@@ -9,9 +9,10 @@ import pytest
 from affine import Affine
 from rasterio.crs import CRS
 
+from geodetect.geotiff import write_raster
 from geodetect.plugin import _coords as co
 from geodetect.plugin import _reader as rd
-from geodetect.raster import Grid, write_raster
+from geodetect.raster import Grid
 
 UTM = CRS.from_epsg(32633)
 NORTH_UP = Affine(0.25, 0, 500_123.0, 0, -0.25, 5_400_456.0)

@@ -130,3 +130,20 @@ def test_drag_box_heading_and_width() -> None:
     box, heading = drag_box((0.0, 0.0), (3.0, 4.0), None, 0.4)
     assert heading == pytest.approx(math.degrees(math.atan2(3, 4)))
     assert box[2:4] == pytest.approx([5.0, 2.0])
+
+
+def test_a_table_in_another_crs_comes_in_with_turned_headings() -> None:
+    """Labels in UTM 32 opened on a UTM 33 scene: headings turn with grid north (north.py)."""
+    from pyproj import Transformer
+
+    x, y = Transformer.from_crs("EPSG:4326", "EPSG:32632", always_xy=True).transform(12.5, 60.0)
+    gdf = gpd.GeoDataFrame(
+        {"label": ["positive"], "class": ["vehicle"], "heading_deg": [0.0]},
+        geometry=[Polygon(_corners(x, y, 4.6, 1.9, 0.0))],
+        crs="EPSG:32632",
+    )
+    _, feats, _, _, has_front = ll.frame_to_layers(gdf, FRAME)
+    heading, angle = feats["heading_deg"].iloc[0], feats["angle"].iloc[0]
+    assert has_front == {"vehicle": True}
+    assert 4.0 < heading < 6.5  # UTM 33's grid north is west of UTM 32's there
+    assert abs(heading - angle) < 0.05

@@ -1,4 +1,4 @@
-"""raster.py: opening (and refusing) files, grids, windows, resampled/warped reads, writing."""
+"""raster.py: opening (and refusing) files, grids, windows, resampled/warped reads."""
 
 from __future__ import annotations
 
@@ -10,27 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from _grids import UTM, utm_grid
 from affine import Affine
 from pyproj import Transformer
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
+from geodetect.bandstats import sample_pixels
 from geodetect.errors import InputError, RasterError
-from geodetect.raster import (
-    Grid,
-    SceneReader,
-    open_raster,
-    sample_pixels,
-    tile_windows,
-    working_grid,
-    write_raster,
-)
-
-UTM33 = CRS.from_epsg(32633)
-
-
-def utm_grid(width: int, height: int, gsd: float = 0.5) -> Grid:
-    return Grid(UTM33, Affine(gsd, 0, 500_000.0, 0, -gsd, 4_000_000.0), width, height)
+from geodetect.geotiff import write_raster
+from geodetect.raster import Grid, SceneReader, open_raster, tile_windows, working_grid
 
 
 @pytest.fixture
@@ -40,37 +29,7 @@ def rgb(tmp_path: Path) -> tuple[Path, np.ndarray, Grid]:
     return write_raster(tmp_path / "rgb.tif", data, grid), data, grid
 
 
-# ------------------------------------------------------------------------------ write/open
-
-
-@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
-def test_write_then_open_keeps_grid_dtype_and_values(tmp_path: Path, dtype: str) -> None:
-    grid = utm_grid(64, 48)
-    data = (np.arange(2 * 48 * 64).reshape(2, 48, 64) % 1000).astype(dtype)
-    path = write_raster(tmp_path / "s.tif", data, grid, nodata=0)
-    info = open_raster(path)
-    assert (info.count, info.dtype, info.nodata) == (2, dtype, 0.0)
-    assert info.grid.crs == UTM33 and info.grid.transform == grid.transform
-    assert (info.grid.width, info.grid.height) == (64, 48)
-    assert info.gsd == pytest.approx(0.5) and info.georeferenced and not info.is_geographic
-    with rasterio.open(path) as ds:
-        assert ds.profile["tiled"] and ds.compression.name == "deflate"
-        np.testing.assert_array_equal(ds.read(), data)
-    assert [p.name for p in tmp_path.iterdir()] == ["s.tif"]  # no temp files left
-
-
-def test_write_2d_and_crs_less(tmp_path: Path) -> None:
-    grid = Grid(None, Affine.identity(), 40, 30)
-    path = write_raster(tmp_path / "plain.tif", np.ones((30, 40), np.float32), grid)
-    info = open_raster(path)
-    assert info.grid.crs is None and info.grid.transform == Affine.identity()
-    assert not info.georeferenced and info.gsd == 1.0 and info.count == 1
-
-
-def test_write_shape_mismatch_is_an_error_and_leaves_nothing(tmp_path: Path) -> None:
-    with pytest.raises(InputError):
-        write_raster(tmp_path / "x.tif", np.ones((3, 10, 10)), utm_grid(11, 10))
-    assert list(tmp_path.iterdir()) == []
+# ------------------------------------------------------------------------------ open
 
 
 def test_geographic_gsd_in_metres(tmp_path: Path) -> None:
@@ -237,7 +196,7 @@ def test_resampled_read_keeps_georeferencing(tmp_path: Path, gsd: float) -> None
     path = _bright_spot_scene(tmp_path / "spot.tif", grid, row=57, col=131)
     spot = grid.transform @ (131.5, 57.5)
     wg = working_grid(open_raster(path), gsd)
-    assert wg.res == pytest.approx((gsd, gsd)) and wg.crs == UTM33
+    assert wg.res == pytest.approx((gsd, gsd)) and wg.crs == UTM
     assert wg.width == pytest.approx(240 * 0.5 / gsd, abs=1)
     block, valid = SceneReader(path, wg).read(Window(0, 0, wg.width, wg.height))
     x, y = _spot_map_xy(block, wg)
@@ -251,7 +210,7 @@ def test_geographic_scene_gets_a_utm_grid_and_content_lands_right(tmp_path: Path
     lon, lat = geo.transform @ (60.5, 80.5)
     info = open_raster(path)
     wg = working_grid(info, 1.0)
-    assert wg.crs == UTM33 and wg.res == pytest.approx((1.0, 1.0))
+    assert wg.crs == UTM and wg.res == pytest.approx((1.0, 1.0))
     assert wg.transform.b == 0 and wg.transform.d == 0  # north-up
     block, valid = SceneReader(path, wg).read(Window(0, 0, wg.width, wg.height))
     assert valid.mean() > 0.8
@@ -305,7 +264,7 @@ def test_internal_mask_is_honoured(tmp_path: Path) -> None:
     path = tmp_path / "masked.tif"
     mask = np.zeros((32, 32), np.uint8)
     mask[8:24, 8:24] = 255
-    profile = dict(driver="GTiff", width=32, height=32, count=1, dtype="uint8", crs=UTM33,
+    profile = dict(driver="GTiff", width=32, height=32, count=1, dtype="uint8", crs=UTM,
                    transform=utm_grid(32, 32).transform)  # fmt: skip
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **profile) as d:
         d.write(np.full((1, 32, 32), 7, np.uint8))
@@ -314,42 +273,6 @@ def test_internal_mask_is_honoured(tmp_path: Path) -> None:
     assert info.has_mask
     _, valid = SceneReader(path, info.grid).read(Window(0, 0, 32, 32))
     np.testing.assert_array_equal(valid, mask > 0)
-
-
-def test_sample_pixels_from_overviews_and_windows(tmp_path: Path) -> None:
-    grid = utm_grid(1024, 1024)
-    data = np.random.default_rng(3).integers(1, 60000, (1, 1024, 1024)).astype(np.uint16)
-    data[:, :, :512] = 0  # nodata half
-    plain = write_raster(tmp_path / "plain.tif", data, grid, nodata=0)
-    a = sample_pixels(plain, max_pixels=5000)
-    b = sample_pixels(plain, max_pixels=5000)
-    np.testing.assert_array_equal(a, b)  # deterministic
-    assert a.dtype == np.float32 and 0 < a.shape[1] <= 5000 and (a > 0).all()
-    with rasterio.open(plain, "r+") as ds:
-        ds.build_overviews([2, 4, 8, 16])
-    assert open_raster(plain).overviews == (2, 4, 8, 16)
-    c = sample_pixels(plain, max_pixels=10_000)
-    assert 0 < c.shape[1] <= 10_000 and (c > 0).all()
-
-
-def test_sample_pixels_percentiles_match_the_whole_scene(tmp_path: Path) -> None:
-    """Band statistics come from the sample: on a scene of ground and 30 big roofs of rising
-    brightness, its 98th percentile must stay near the whole scene's whatever the seed (a
-    few large random windows missed it by up to 41 levels, a fifth of the range)."""
-    side = 2048
-    data = np.full((1, side, side), 60, np.uint8)
-    rng = np.random.default_rng(5)
-    data += rng.integers(0, 40, data.shape, dtype=np.uint8)  # ground: 60-99
-    roofs = zip(rng.integers(0, side - 100, (30, 2)), np.linspace(120, 250, 30), strict=True)
-    for (r, c), v in roofs:
-        data[:, r : r + 100, c : c + 100] = int(v)  # roofs of 100²: 7 % of the scene
-    path = write_raster(tmp_path / "roofs.tif", data, utm_grid(side, side))
-    truth = np.percentile(data.reshape(-1), 98)
-    errors = [
-        abs(np.percentile(sample_pixels(path, max_pixels=200_000, seed=s), 98) - truth)
-        for s in range(8)
-    ]
-    assert np.mean(errors) < 10 and max(errors) < 25, errors
 
 
 # ------------------------------------------------------------------------------ processes
@@ -379,23 +302,3 @@ def test_reader_rejects_bad_band_and_resampling(rgb: tuple[Path, np.ndarray, Gri
         SceneReader(path, grid, bands=[4]).read(Window(0, 0, 4, 4))
     with pytest.raises(InputError):
         SceneReader(path, grid, resampling="magic")
-
-
-def test_sample_pixels_finds_the_data_of_a_mostly_nodata_scene(tmp_path):
-    """Random windows miss a small island of data in a big nodata collar; the decimated
-    whole-extent read still finds it (mosaics look like this)."""
-    import rasterio
-    from affine import Affine
-
-    from geodetect.raster import sample_pixels
-
-    path = tmp_path / "collar.tif"
-    side = 4096
-    with rasterio.open(path, "w", driver="GTiff", width=side, height=side, count=1,
-                       dtype="uint8", nodata=0, tiled=True, compress="deflate",
-                       crs="EPSG:32633", transform=Affine(1, 0, 0, 0, -1, 0)) as dst:  # fmt: skip
-        dst.write(
-            np.full((1, 64, 64), 77, np.uint8), window=rasterio.windows.Window(100, 3000, 64, 64)
-        )
-    values = sample_pixels(path, [1], max_pixels=20_000, seed=0)
-    assert values.shape[1] > 0 and (values == 77).all()

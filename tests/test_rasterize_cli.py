@@ -12,8 +12,9 @@ from rasterio.crs import CRS
 from test_pointcloud import X0, Y0, random_cloud, write_las
 
 from geodetect.cli import main
+from geodetect.geotiff import write_raster
 from geodetect.pointcloud import NODATA, rasterize_cloud
-from geodetect.raster import Grid, write_raster
+from geodetect.raster import Grid
 
 UTM33 = CRS.from_epsg(32633)
 

@@ -14,7 +14,7 @@ from _painted import write_scene
 
 from geodetect.config import load_config
 from geodetect.errors import LabelError
-from geodetect.samples import load_project
+from geodetect.project import load_project
 from geodetect.training import train
 
 torch.set_num_threads(2)

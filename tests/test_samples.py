@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,13 +13,8 @@ from _painted import write_scene
 
 from geodetect.cli import main
 from geodetect.config import load_config
-from geodetect.samples import (
-    extract_patches,
-    known_at_stride,
-    load_project,
-    split_validation,
-    write_samples,
-)
+from geodetect.project import load_project, split_validation
+from geodetect.samples import extract_patches, known_at_stride, write_samples
 
 CARS = np.array(
     [
@@ -97,6 +95,13 @@ def test_known_at_stride_needs_most_pixels_known():
     valid[4:7, 4:8] = 0  # three quarters of cell (1, 1) is nodata: not enough
     k = known_at_stride(valid, known, 4)
     assert k.tolist() == [[[1.0, 0.0], [0.0, 0.0]]]
+
+
+def test_samples_import_without_torch():
+    """Building samples needs no network: targets come from numpy `geodetect.targets`."""
+    code = "import sys, geodetect.samples; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_samples_writes_canonical_positive_chips(painted, tmp_path):

@@ -465,7 +465,7 @@ def test_bad_scheduler_address_fails_before_any_work(address, tmp_path, capsys):
     from test_bad_inputs import write_model
 
     from geodetect.cli import main
-    from geodetect.raster import write_raster
+    from geodetect.geotiff import write_raster
 
     out = tmp_path / "det.gpkg"
     model = write_model(tmp_path / "m.pt")
@@ -484,7 +484,7 @@ def test_remote_workers_get_absolute_paths(tmp_path, monkeypatch):
     from _painted import grid
     from test_bad_inputs import write_model
 
-    from geodetect.raster import write_raster
+    from geodetect.geotiff import write_raster
     from geodetect.scaleout import run_inference
 
     inf = importlib.import_module("geodetect.inference")

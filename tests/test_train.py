@@ -163,7 +163,8 @@ def _cli(args, capsys):
 def bad_inputs(tmp_path_factory, painted):
     from _painted import grid
 
-    from geodetect.labels import labels_frame, write_vector
+    from geodetect.boxes import labels_frame
+    from geodetect.labels import write_vector
 
     root = tmp_path_factory.mktemp("bad")
     g = grid(256)

@@ -197,7 +197,8 @@ def _write_image(path: Path, chw: np.ndarray, crs, x0: float, y_top: float, gsd:
     from affine import Affine
     from rasterio.crs import CRS
 
-    from geodetect.raster import Grid, write_raster
+    from geodetect.geotiff import write_raster
+    from geodetect.raster import Grid
 
     grid = Grid(
         CRS.from_user_input(crs.to_wkt()),

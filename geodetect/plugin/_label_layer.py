@@ -85,13 +85,21 @@ def rectangle_corners(boxes_map: np.ndarray, headings: np.ndarray, frame: LabelF
     return geometry.box_corners(boxes_map, y_down=frame.y_down, headings=h)
 
 
+def map_boxes(polygons: object, frame: LabelFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Map-frame boxes (N, 5) and corner-order headings (N,) of map-frame rectangle polygons:
+    the core's one converter (`boxes.polygon_boxes`, its tolerance) in the frame's y sense."""
+    from geodetect.boxes import polygon_boxes
+
+    boxes, heads = polygon_boxes(polygons, y_down=frame.y_down)
+    return np.asarray(boxes, np.float64), np.asarray(heads, np.float64)
+
+
 def shape_boxes(shapes: list[np.ndarray], frame: LabelFrame) -> tuple[np.ndarray, np.ndarray]:
     """Map-frame boxes (N, 5) and vertex-order headings (N,) of 4-vertex shapes (data coords)."""
     if not shapes:
         return np.zeros((0, 5)), np.zeros(0)
     corners = np.stack([frame.to_map(np.asarray(s)[:, -2:][:4]) for s in shapes])
-    boxes, heads = geometry.boxes_from_corners(corners, y_down=frame.y_down, rtol=0.05)
-    return np.asarray(boxes, np.float64), np.asarray(heads, np.float64)
+    return map_boxes(shapely.polygons(corners), frame)
 
 
 def _stored_ok(shape: np.ndarray, corners_data: np.ndarray) -> bool:
@@ -237,14 +245,22 @@ def frame_to_layers(
 
     The table is reprojected to the frame's CRS first.
     """
-    if frame.crs is not None and gdf.crs is not None and not gdf.crs.equals(frame.crs):
-        gdf = gdf.to_crs(frame.crs)
+    gdf = _in_frame_crs(gdf, frame)
     label = gdf["label"].astype(str).str.lower() if "label" in gdf else pd.Series([], dtype=str)
     pos = gdf[label.values == "positive"]
     neg = gdf[label.values == "negative"]
     pos_data, feats, has_front = _positives(pos, frame)
     neg_data, neg_feats = negative_shapes(list(neg.geometry), frame)
     return pos_data, feats, neg_data, neg_feats, has_front
+
+
+def _in_frame_crs(gdf: gpd.GeoDataFrame, frame: LabelFrame) -> gpd.GeoDataFrame:
+    """The table in the frame's CRS, angles and headings turned to its grid north (`north`)."""
+    if frame.crs is None or gdf.crs is None or gdf.crs.equals(frame.crs):
+        return gdf
+    from geodetect.north import reproject_detections
+
+    return reproject_detections(gdf, frame.crs)
 
 
 def _positives(pos: gpd.GeoDataFrame, frame: LabelFrame) -> tuple[list, pd.DataFrame, dict]:
@@ -256,8 +272,7 @@ def _positives(pos: gpd.GeoDataFrame, frame: LabelFrame) -> tuple[list, pd.DataF
             ),
             {},
         )
-    corners = np.stack([np.asarray(g.exterior.coords)[:4] for g in pos.geometry])
-    boxes, _ = geometry.boxes_from_corners(corners, y_down=frame.y_down, rtol=0.05)
+    boxes, _ = map_boxes(pos.geometry, frame)
     heads = (
         pd.to_numeric(pos["heading_deg"], errors="coerce").to_numpy(np.float64)
         if "heading_deg" in pos
@@ -273,13 +288,11 @@ def _positives(pos: gpd.GeoDataFrame, frame: LabelFrame) -> tuple[list, pd.DataF
 
 def detections_to_layers(gdf: gpd.GeoDataFrame, frame: LabelFrame) -> tuple[list, pd.DataFrame]:
     """Shapes + features (class, score, heading_deg) of a detections table in the frame's CRS."""
-    if frame.crs is not None and gdf.crs is not None and not gdf.crs.equals(frame.crs):
-        gdf = gdf.to_crs(frame.crs)
+    gdf = _in_frame_crs(gdf, frame)
     if len(gdf) == 0:
         empty = pd.DataFrame({"class": pd.Series([], dtype=object), "score": np.zeros(0)})
         return [], with_boxes(empty, np.zeros((0, 5)), np.zeros(0))
-    corners = np.stack([np.asarray(g.exterior.coords)[:4] for g in gdf.geometry])
-    boxes, _ = geometry.boxes_from_corners(corners, y_down=frame.y_down, rtol=0.05)
+    boxes, _ = map_boxes(gdf.geometry, frame)
     heads = pd.to_numeric(gdf.get("heading_deg"), errors="coerce").to_numpy(np.float64)
     feats = pd.DataFrame(
         {"class": [str(c) for c in gdf["class"]], "score": gdf["score"].to_numpy(np.float64)}

@@ -149,7 +149,8 @@ def _levels(info) -> list:
 
 def scene_layer(path: str, name: str | None = None, kind: str = "scene") -> LayerData:
     """One image layer for a scene: RGB from its first three data bands, else one band."""
-    from geodetect.raster import open_raster, sample_pixels
+    from geodetect.bandstats import sample_pixels
+    from geodetect.raster import open_raster
 
     info = open_raster(path)
     bands = list(info.data_bands or range(1, info.count + 1))
