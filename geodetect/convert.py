@@ -143,7 +143,7 @@ def boxes_to_vector(
         scene = _match(img.name, scenes, alone=len(images) == 1)
         if scene is None and scenes and not strict:
             continue
-        if scene is None and img.path and Path(img.path).exists():
+        if scene is None and img.path and (is_remote(img.path) or Path(img.path).exists()):
             scene = open_raster(img.path)
         if scene is None and scenes:
             raise InputError(f"image {img.name!r} is none of the --image scenes")

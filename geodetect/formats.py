@@ -141,40 +141,81 @@ def write_dota(images: list[ImageBoxes], path: Path) -> list[Path]:
 
 
 def read_yolo(path: str | Path) -> list[ImageBoxes]:
-    """An Ultralytics YOLO-OBB data YAML: `names`, an image list (`train:` file) and
-    `labels/<stem>.txt` with `class x1 y1 … x4 y4 [conf]`, normalised to the image size."""
+    """An Ultralytics YOLO-OBB data YAML: `names`, images (`train:`/`val:`/`test:`, each a
+    list file, a folder of images or a list of those, under `path:`) and one label file per
+    image, `class x1 y1 … x4 y4 [conf]` normalised to the image size. Labels are looked up
+    in `labels/<stem>.txt` beside the YAML (what `write_yolo` writes) or, as Ultralytics
+    does, at the image's path with its last `images` folder replaced by `labels`."""
     from geodetect.raster import open_raster
+    from geodetect.remote import display_name
 
     p = Path(path)
     try:
         meta = yaml.safe_load(p.read_text()) or {}
         names = meta["names"]
         names = names if isinstance(names, dict) else dict(enumerate(names))
-        listing = p.parent / str(meta.get("train", "images.txt"))
-    except (OSError, KeyError, TypeError, yaml.YAMLError) as err:
+        root = p.parent / str(meta.get("path") or ".")
+        images = _yolo_images(meta, root)
+    except (OSError, KeyError, TypeError, AttributeError, yaml.YAMLError) as err:
         raise LabelError(f"{p}: not a YOLO-OBB data YAML ({err})") from None
     fronts = set(meta.get("heading_classes") or [])
     labels_dir = p.parent / str(meta.get("labels", "labels"))
     out = []
-    for line in listing.read_text().splitlines():
-        if not line.strip():
-            continue
-        image = Path(line.strip())
-        image = image if image.is_absolute() else p.parent / image
+    for image in images:
         info = open_raster(image)
         w, h = info.grid.width, info.grid.height
         rows = []
-        lab = labels_dir / (image.stem + ".txt")
+        lab = _yolo_label(image, labels_dir)
         if lab.is_file():
             rows = [r.split() for r in lab.read_text().splitlines() if r.strip()]
         xy = np.array([[float(v) for v in r[1:9]] for r in rows]).reshape(-1, 4, 2) * [w, h]
         boxes, implied = _from_corners(xy, str(lab))
-        img = ImageBoxes(image.name, w, h, boxes, [str(names[int(r[0])]) for r in rows])
-        img.path = str(image)
+        img = ImageBoxes(display_name(image), w, h, boxes, [str(names[int(r[0])]) for r in rows])
+        img.path = image
         if rows and all(len(r) > 9 for r in rows):
             img.scores = np.array([float(r[9]) for r in rows])
         out.append(_with_fronts(img, implied, fronts))
     return out
+
+
+YOLO_IMAGE_SUFFIXES = {".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".webp", ".jp2", ".vrt"}
+
+
+def _yolo_images(meta: dict, root: Path) -> list[str]:
+    """Image paths of the YAML's splits, in order, each once. URLs and GDAL `/vsi` paths in
+    list files stay as written (a `Path` would fold `https://` into `https:/`)."""
+    from geodetect.remote import is_remote
+
+    splits = [meta[k] for k in ("train", "val", "test") if meta.get(k)] or ["images.txt"]
+    found: list[str] = []
+    for split in splits:
+        for entry in split if isinstance(split, list) else [split]:
+            where = root / str(entry)
+            if where.is_dir():
+                found += sorted(
+                    str(f) for f in where.rglob("*") if f.suffix.lower() in YOLO_IMAGE_SUFFIXES
+                )
+                continue
+            for line in where.read_text().splitlines():
+                line = line.strip()
+                if not line or is_remote(line) or Path(line).is_absolute():
+                    found += [line] if line else []
+                else:  # relative lines are under the data root, as Ultralytics reads them
+                    found.append(str(root / line))
+    return list(dict.fromkeys(found))
+
+
+def _yolo_label(image: str, labels_dir: Path) -> Path:
+    """`labels/<stem>.txt` beside the YAML, else the Ultralytics images→labels path."""
+    from geodetect.remote import display_name
+
+    stem = Path(display_name(image)).stem
+    beside = labels_dir / f"{stem}.txt"
+    parts = Path(image).parts
+    if beside.is_file() or "images" not in parts:
+        return beside
+    k = len(parts) - 1 - parts[::-1].index("images")
+    return Path(*parts[:k], "labels", *parts[k + 1 : -1], f"{stem}.txt")
 
 
 def write_yolo(images: list[ImageBoxes], path: Path) -> list[Path]:

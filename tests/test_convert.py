@@ -209,3 +209,38 @@ def test_reprojecting_turns_headings_by_the_meridian_convergence(tmp_path):
     assert abs(geometry.angle_difference(expected, HEADS[0], 360)) > 3  # a real turn
     got = float(back["heading_deg"].iloc[0])
     assert abs(geometry.angle_difference(got, expected, 360)) < 1e-3
+
+
+def test_ultralytics_layout_reads_like_our_own(tmp_path):
+    """A dataset as Ultralytics lays it out: `path:` root, `train:`/`val:` image folders,
+    labels at the image's path with `images` → `labels`. It reads the same boxes as the
+    layout `convert` writes."""
+    import shutil
+
+    import yaml
+
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    scene_path, grid = _scene(ours, rotated=False)
+    labels = write_vector(
+        labels_frame(BOXES, CLASSES, HEADS, NEG, grid, "scene.tif"), ours / "l.gpkg"
+    )
+    assert main(["convert", str(labels), str(ours / "data.yaml"), "--image", str(scene_path)]) == 0
+    ds = tmp_path / "ds"
+    (ds / "images" / "train").mkdir(parents=True)
+    (ds / "labels" / "train").mkdir(parents=True)
+    shutil.copy(scene_path, ds / "images" / "train" / "scene.tif")
+    shutil.copy(ours / "labels" / "scene.txt", ds / "labels" / "train" / "scene.txt")
+    meta = yaml.safe_load((ours / "data.yaml").read_text())
+    meta.update(path="ds", train="images/train", val="images/train")
+    (tmp_path / "obb.yaml").write_text(yaml.safe_dump(meta))
+    _same(_pixels(tmp_path / "obb.yaml", ds / "images" / "train" / "scene.tif"), 0)
+
+
+def test_yolo_image_list_keeps_urls(tmp_path):
+    """`https://` lines of an image list are URLs, not paths (Path folds `//` into `/`)."""
+    from geodetect.formats import _yolo_images
+
+    (tmp_path / "list.txt").write_text("https://h.example/a.tif?sig=1\nrel/b.tif\n\n")
+    got = _yolo_images({"train": "list.txt"}, tmp_path)
+    assert got == ["https://h.example/a.tif?sig=1", str(tmp_path / "rel" / "b.tif")]
