@@ -214,6 +214,35 @@ def test_mosaic_of_files_with_different_bands_is_one_line(model, abutting, tmp_p
     assert not out.exists()
 
 
+def test_mosaic_across_two_crss_finds_an_object_in_both_files_once(model, tmp_path):
+    """Files in different CRSs (a sheet in the next UTM zone) cannot share a VRT: they run
+    one by one and `--mosaic` merges their detections across files in the output CRS."""
+    from rasterio.warp import Resampling, calculate_default_transform, reproject
+
+    path, _ = model
+    a = _write(tmp_path / "a.tif", paint(160, _cars((80, 80, 30, 12)), np.array([np.nan])))
+    with rasterio.open(a) as src:
+        zone34 = "EPSG:32634"  # 6 degrees west of its meridian: grid north turns ~4 degrees
+        tf, w, h = calculate_default_transform(
+            src.crs, zone34, src.width, src.height, *src.bounds, resolution=GSD
+        )
+        pixels = np.zeros((3, h, w), np.uint8)
+        reproject(
+            src.read(), pixels, src_transform=src.transform, src_crs=src.crs,
+            dst_transform=tf, dst_crs=zone34, resampling=Resampling.nearest,
+        )  # fmt: skip
+        profile = {**src.profile, "crs": zone34, "transform": tf, "width": w, "height": h}
+    b = str(tmp_path / "b.tif")
+    with rasterio.open(b, "w", **profile) as dst:
+        dst.write(pixels)
+    common = {"tile": TILE, "overlap": OVERLAP}
+    apart = read_vector(infer(path, [a, b], out=tmp_path / "apart.gpkg", **common))
+    assert len(apart) == 2  # each file's own car: the files are not one surface
+    whole = read_vector(infer(path, [a, b], out=tmp_path / "w.gpkg", mosaic=True, **common))
+    assert len(whole) == 1 and whole.crs == rasterio.crs.CRS.from_string(CRS)
+    np.testing.assert_allclose(_centres_px(whole)[0], [80, 80], atol=1.5)
+
+
 # ------------------------------------------------------------------ scenes sharing a name
 
 
