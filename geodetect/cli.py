@@ -324,8 +324,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: interrupted", file=sys.stderr)
         return 130
     except MemoryError:
-        print("error: out of memory; use a smaller --tile or --batch-size", file=sys.stderr)
+        print(f"error: out of memory; {_oom_hint(args.command)}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is one, wherever it escapes
+        if not _is_oom(exc):
+            raise
+        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else "CUDA"
+        print(f"error: out of memory ({detail}); {_oom_hint(args.command)}", file=sys.stderr)
+        return 2
+
+
+_OOM_HINTS = {
+    "train": "lower train.batch_size or data.chip_size, or use --device cpu",
+    "pretrain": "lower pretrain.batch_size or data.chip_size, or use --device cpu",
+    "infer": "use a smaller --tile or --batch-size, or --device cpu",
+}
+
+
+def _oom_hint(command: str) -> str:
+    return _OOM_HINTS.get(command, "free some memory and run it again")
+
+
+def _is_oom(exc: BaseException) -> bool:
+    """An out-of-memory error of torch (imported only if the command imported it) or ONNX
+    Runtime; cli.py itself never imports torch."""
+    if type(exc).__name__ == "OutOfMemoryError":
+        return True
+    if "torch" in sys.modules:
+        from geodetect.device import is_oom
+
+        if is_oom(exc):
+            return True
+    text = str(exc).lower()
+    return "out of memory" in text or "failed to allocate" in text
 
 
 def entry() -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from geodetect.atomic import atomic_path, check_out_dir
+from geodetect.atomic import atomic_path, check_not_input, check_out_dir
 from geodetect.errors import InputError, ModelError
 from geodetect.onnxrun import META_KEY, OUTPUTS, import_ort
 
@@ -55,8 +55,7 @@ def export_onnx(
     out = check_out_dir(out)
     if out.suffix.lower() != ".onnx":
         raise InputError(f"{out}: give an output path ending in .onnx")
-    if Path(model).resolve() == out.resolve():
-        raise InputError(f"{out}: is the input model; choose another --out")
+    check_not_input(out, [model, *(calibrate or [])])
     if int8 and not calibrate:
         raise InputError("--int8 needs --calibrate IMAGE ... (the training scenes)")
     import_ort()  # fail early with the extra's name

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geodetect import transforms
-from geodetect.atomic import atomic_path, check_out_dir
+from geodetect.atomic import atomic_path, check_not_input, check_out_dir
 from geodetect.config import Config, dump_config
 from geodetect.device import resolve_device
 from geodetect.errors import InputError
@@ -144,8 +144,7 @@ def pretrain(
     if config.model.backbone != "none":
         raise InputError("pretrain learns the built-in backbone; set model.backbone: none")
     out = check_out_dir(out)
-    if any(Path(out).resolve() == Path(i).resolve() for i in images if "://" not in str(i)):
-        raise InputError(f"{out}: is one of the input scenes; choose another --out")
+    check_not_input(out, images)
     dev = resolve_device(device)
     torch.manual_seed(seed)
     patches, bands = _read_patches([str(i) for i in images], config, seed)

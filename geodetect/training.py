@@ -100,15 +100,33 @@ def _loader(
 # ------------------------------------------------------------------------------ validation
 
 
+VAL_BATCH = 8  # validation views per forward; halved on out-of-memory
+
+
 def _view_detections(net: torch.nn.Module, views: list[Patch], project: Project, dev: torch.device):
-    """Detections on validation patches whose centre lies in a known, valid pixel (scene frame)."""
+    """Detections on validation patches whose centre lies in a known, valid pixel (scene frame).
+
+    On CUDA out-of-memory the batch halves (per view the result is the same: eval mode); at
+    one view a time it is a one-line error naming the setting that sizes a view."""
     out = []
-    for start in range(0, len(views), 8):
-        batch = views[start : start + 8]
-        x = torch.as_tensor(np.stack([v.image.astype(np.float32) for v in batch])).to(dev)
-        with torch.inference_mode(), autocast(dev):
-            res = net(x)
-        res = {k: t.float() for k, t in res.items()}
+    size, start = VAL_BATCH, 0
+    while start < len(views):
+        batch = views[start : start + size]
+        x = np.stack([v.image.astype(np.float32) for v in batch])
+        try:
+            res = _val_forward(net, x, dev)
+        except Exception as exc:
+            if not is_oom(exc):
+                raise
+            empty_cache(dev)
+            if size == 1:
+                raise GeodetectError(
+                    f"out of memory on {dev} validating even one view at a time; lower "
+                    "data.chip_size (a validation view is twice its side)"
+                ) from None
+            size = max(1, size // 2)
+            continue
+        start += len(batch)
         dets = decode(res, VAL_THRESHOLD, project.has_front, upright=project.upright)
         for v, d in zip(batch, dets, strict=True):
             b = d["boxes"]
@@ -120,6 +138,12 @@ def _view_detections(net: torch.nn.Module, views: list[Patch], project: Project,
             b[:, 1] += v.origin[1]
             out.append((v.scene, b, d["scores"][keep], d["classes"][keep]))
     return out
+
+
+def _val_forward(net: torch.nn.Module, x: np.ndarray, dev: torch.device) -> dict:
+    with torch.inference_mode(), autocast(dev):
+        res = net(torch.as_tensor(x).to(dev))
+    return {k: t.float() for k, t in res.items()}
 
 
 def validate(net: torch.nn.Module, views: list[Patch], project: Project, dev: torch.device) -> dict:
@@ -257,7 +281,18 @@ def train(
 
 
 def _train(
-    images, labels, pointclouds, config, out, dev, seed, resume, progress, callback, info, extend,
+    images,
+    labels,
+    pointclouds,
+    config,
+    out,
+    dev,
+    seed,
+    resume,
+    progress,
+    callback,
+    info,
+    extend,
     init=None,
 ):
     identity = run_identity(list(map(str, images)), str(labels), pointclouds, config, seed, init)
@@ -277,7 +312,15 @@ def _train(
         from geodetect.weights import warm_start
 
         warm_start(net, init, project.classes, project.bands)
-    net = net.to(dev)
+    try:
+        net = net.to(dev)
+    except Exception as exc:
+        if not is_oom(exc):
+            raise
+        raise GeodetectError(
+            f"out of memory on {dev} placing the model; lower model.width / model.depth "
+            "(or model.preset: cpu), or use --device cpu"
+        ) from None
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
     ddp.barrier()

@@ -86,9 +86,11 @@ def _links(d: Path) -> None:
     os.symlink(d / "c.las", d / "link.las")
     os.link(d / "scene.tif", d / "hard.tif")
     os.symlink(d / "scene_labels.gpkg", d / "link_truth.gpkg")
+    os.link(d / "model.pt", d / "hard_model.onnx")  # export's --out, the model under it
+    os.link(d / "scene.tif", d / "hard_scene.onnx")  # ... or a --calibrate scene
 
 
-_LINKS = ("link.las", "hard.tif", "link_truth.gpkg")
+_LINKS = ("link.las", "hard.tif", "link_truth.gpkg", "hard_model.onnx", "hard_scene.onnx")
 
 
 @pytest.fixture
@@ -147,6 +149,8 @@ def template(tmp_path_factory) -> dict[str, Path]:
     files["empty_labels"].write_bytes(b"")
     files["folder_out"].mkdir()
     files["folder_tif"].mkdir()
+    (d / "existing.onnx").mkdir()
+    (d / "region.gpkg").write_bytes(labels.read_bytes())
     _links(d)
     (d / "scenes.gpkg").write_text(f"{scene}\n")  # a list of scenes, oddly named
     (d / "chips").mkdir()  # a scene kept where samples would replace its chips
@@ -172,6 +176,9 @@ def template(tmp_path_factory) -> dict[str, Path]:
         "a_list": "- 1\n- 2\n",
         "pretrained_out": f"model:\n  width: 8\n  pretrained: {d / 'run' / 'model.pt'}\n"
         "train:\n  epochs: 1\n  chips_per_epoch: 8\n  batch_size: 8\n",
+        "resnet": "model:\n  backbone: resnet18\n",
+        "tiny_pretrain": "data:\n  chip_size: 64\nmodel:\n  width: 8\n"
+        "pretrain:\n  epochs: 1\n  chips_per_epoch: 4\n  batch_size: 2\n",
         "tiny": "data:\n  chip_size: 64\nmodel:\n  width: 8\n"
         "train:\n  epochs: 1\n  chips_per_epoch: 8\n  batch_size: 8\n",
     }
@@ -255,6 +262,47 @@ TEMPLATES = {
     "--config {d}/tiny.yaml --out {o}/r",
     "train --extend without --resume":
         "train {scene} --labels {labels} --extend --config {d}/tiny.yaml --out {o}/r",
+    # the other inputs a command reads: --init, --aoi, --region
+    "train over its --init model": "train {scene} --labels {labels} --init {d}/run/model.pt "
+    "--config {d}/tiny.yaml --out {d}/run",
+    "infer --out over --aoi": "infer {model} {scene} --aoi {labels} --out {labels}",
+    "evaluate --errors over --region":
+        "evaluate {pred} {labels} --region {d}/region.gpkg --errors {d}/region.gpkg",
+    # convert
+    "convert over its source": "convert {labels} {labels}",
+    "convert over its source via symlink": "convert {d}/link_truth.gpkg {labels}",
+    "convert over --image scene via hard link": "convert {labels} {d}/hard.tif --image {scene}",
+    "convert source missing": "convert {d}/nope.gpkg {o}/x.json",
+    "convert source zero bytes": "convert {empty_labels} {o}/x.json",
+    "convert CRS file without --image": "convert {labels} {o}/x.txt",
+    "convert --image zero bytes": "convert {labels} {o}/x.json --image {zero}",
+    "convert out folder missing": "convert {labels} {o}/no/x.json --image {scene}",
+    "convert OUT is a folder": "convert {labels} {d}/existing.gpkg",
+    # export
+    "export over the model via hard link": "export {model} --out {d}/hard_model.onnx",
+    "export over a --calibrate scene via hard link":
+        "export {model} --int8 --calibrate {scene} --out {d}/hard_scene.onnx",
+    "export --out not .onnx": "export {model} --out {o}/m.pt",
+    "export --out is a folder": "export {model} --out {d}/existing.onnx",
+    "export out folder missing": "export {model} --out {o}/no/m.onnx",
+    "export --int8 without --calibrate": "export {model} --int8 --out {o}/m.onnx",
+    "export model missing": "export {d}/nope.pt --out {o}/m.onnx",
+    "export model not ours": "export {junk_model} --out {o}/m.onnx",
+    "export --calibrate zero bytes": "export {model} --int8 --calibrate {zero} --out {o}/m.onnx",
+    # pretrain
+    "pretrain over its scene":
+        "pretrain {scene} --config {d}/tiny_pretrain.yaml --out {scene}",
+    "pretrain over its scene via hard link":
+        "pretrain {d}/hard.tif --config {d}/tiny_pretrain.yaml --out {scene}",
+    "pretrain scene missing": "pretrain {d}/nope.tif --out {o}/b.pt",
+    "pretrain scene zero bytes": "pretrain {zero} --out {o}/b.pt",
+    "pretrain --epochs 0": "pretrain {scene} --epochs 0 --out {o}/b.pt",
+    "pretrain a torchvision backbone": "pretrain {scene} --config {d}/resnet.yaml --out {o}/b.pt",
+    "pretrain config out of range":
+        "pretrain {scene} --config {d}/pct_reversed.yaml --out {o}/b.pt",
+    "pretrain device not understood": "pretrain {scene} --device tpu --out {o}/b.pt",
+    "pretrain out folder missing": "pretrain {scene} --out {o}/no/b.pt",
+    "pretrain --out is a folder": "pretrain {scene} --out {d}/existing.gpkg",
 }  # fmt: skip
 
 

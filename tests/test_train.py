@@ -386,3 +386,143 @@ def test_training_reduces_on_the_runs_device(painted, tmp_path, monkeypatch):
     monkeypatch.setattr(ddp, "all_reduce_sum", total)
     _run(painted, tmp_path / "run", over={"train.epochs": 1})
     assert seen and all(d == torch.device("cpu") for d in seen), seen
+
+
+def _flaky_net(monkeypatch, fails):
+    """build_model's network raises a simulated CUDA OOM on forwards where `fails(net, x)`."""
+    import importlib
+
+    train_module = importlib.import_module("geodetect.training")
+    real = train_module.build_model
+    calls: list[int] = []
+
+    def build(arch):
+        net = real(arch)
+        forward = net.forward
+
+        def fwd(x):
+            if fails(net, x):
+                calls.append(int(x.shape[0]))
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9 GiB")
+            return forward(x)
+
+        net.forward = fwd
+        return net
+
+    monkeypatch.setattr(train_module, "build_model", build)
+    return calls
+
+
+def _record_views(monkeypatch):
+    import importlib
+
+    train_module = importlib.import_module("geodetect.training")
+    real = train_module._view_detections
+    seen: list = []
+
+    def spy(*args, **kwargs):
+        dets = real(*args, **kwargs)
+        seen.append(dets)
+        return dets
+
+    monkeypatch.setattr(train_module, "_view_detections", spy)
+    return seen
+
+
+def test_cuda_oom_in_validation_halves_its_batch_and_gives_the_same_result(
+    painted, tmp_path, monkeypatch
+):
+    """Validation (eval mode, a fixed batch of views) halves its batch on OOM like infer; per
+    view the detections equal those of the run that never ran out of memory."""
+    over = {"train.epochs": 1, "train.val_fraction": 0.5}
+    ref = _record_views(monkeypatch)
+    _run(painted, tmp_path / "ref", over=over)
+    monkeypatch.undo()
+    calls = _flaky_net(monkeypatch, lambda net, x: not net.training and x.shape[0] > 1)
+    got = _record_views(monkeypatch)
+    _run(painted, tmp_path / "oom", over=over)
+    assert calls and calls[-1] == 2 and len(calls) >= 2  # 8 (or fewer views) -> ... -> 1
+    assert len(got) == len(ref) == 1 and len(got[0]) == len(ref[0]) >= 2
+    for (sa, ba, pa, ca), (sb, bb, pb, cb) in zip(ref[0], got[0], strict=True):
+        assert sa == sb and np.array_equal(ca, cb)
+        assert np.allclose(ba, bb, atol=1e-4) and np.allclose(pa, pb, atol=1e-5)
+    assert (tmp_path / "oom" / "model.pt").is_file()
+
+
+def test_cuda_oom_in_validation_at_one_view_is_one_line(painted, tmp_path, monkeypatch, capsys):
+    _flaky_net(monkeypatch, lambda net, x: not net.training)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "data:\n  chip_size: 64\nmodel:\n  width: 8\n"
+        "train:\n  epochs: 1\n  chips_per_epoch: 16\n  batch_size: 8\n  val_fraction: 0.5\n"
+    )
+    argv = ["train", str(painted[0]), "--labels", str(painted[1]), "--config", str(config)]
+    assert main([*argv, "--out", str(tmp_path / "run"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: out of memory"), err
+    assert "validating" in err[0] and "data.chip_size" in err[0]
+    assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_cuda_oom_placing_the_model_is_one_line(painted, tmp_path, monkeypatch, capsys):
+    import importlib
+
+    train_module = importlib.import_module("geodetect.training")
+    real = train_module.build_model
+
+    class Huge(torch.nn.Module):
+        def to(self, *a, **k):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 80 GiB")
+
+    def build(arch):
+        net = real(arch)
+        net.__class__ = type("HugeNet", (Huge, type(net)), {})
+        return net
+
+    monkeypatch.setattr(train_module, "build_model", build)
+    argv = ["train", str(painted[0]), "--labels", str(painted[1]), "--epochs", "1"]
+    assert main([*argv, "--out", str(tmp_path / "run"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: out of memory"), err
+    assert "model.width" in err[0]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "command,function,hint",
+    [
+        ("train", "geodetect.training.train", "train.batch_size"),
+        ("pretrain", "geodetect.pretraining.pretrain", "pretrain.batch_size"),
+        ("infer", "geodetect.inference.infer", "--batch-size"),
+    ],
+)
+def test_any_oom_reaching_the_cli_is_one_line(
+    command, function, hint, painted, tmp_path, monkeypatch, capsys
+):
+    """An OOM no loop handles (a forward outside the batch loops, a library's own buffer)
+    still ends as one `error:` line naming what to lower."""
+    import importlib
+
+    module, name = function.rsplit(".", 1)
+
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(importlib.import_module(module), name, oom)
+    argv = {
+        "train": ["train", str(painted[0]), "--labels", str(painted[1])],
+        "pretrain": ["pretrain", str(painted[0])],
+        "infer": ["infer", str(tmp_path / "model.pt"), str(painted[0])],
+    }[command]
+    assert main([*argv, "--out", str(tmp_path / "out.x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: out of memory (CUDA out of memory"), err
+    assert hint in err[0] and "Traceback" not in err[0]
+
+
+def test_cli_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, geodetect.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
