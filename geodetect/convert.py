@@ -181,13 +181,11 @@ def convert_labels(
     `.xml` CVAT, else a vector file) unless given. Returns {"out": [paths], "images",
     "objects", "dropped_negatives"}.
     """
-    from geodetect.atomic import check_out_dir
+    from geodetect.atomic import check_not_input, check_out_dir
     from geodetect.labels import read_vector, write_vector
 
     src, dst = Path(src), check_out_dir(dst)
-    for given in [src, *(images or [])]:
-        if dst.exists() and Path(given).exists() and dst.resolve() == Path(given).resolve():
-            raise InputError(f"{dst}: is one of the inputs; write to another file")
+    check_not_input(dst, [src, *(images or [])], "OUT")
     fin, fout = src_format or format_of(src), dst_format or format_of(dst)
     for f in (fin, fout):
         if f is not None and f not in FORMATS and f != "vector":
@@ -213,15 +211,22 @@ def convert_labels(
             b.path = s.path if is_remote(s.path) else str(Path(s.path).resolve())
     if fout in ("dota", "yolo"):
         summary["dropped_negatives"] = int(sum(len(b.negatives) for b in boxes))
-    summary["out"] = [str(p) for p in _write_atomically(boxes, dst, fout)]
+    inputs = [src, *(images or []), *(b.path for b in boxes if b.path)]
+    if fin == "yolo":
+        inputs.append(src.parent / "labels")  # the label files read beside the data YAML
+    summary["out"] = [str(p) for p in _write_atomically(boxes, dst, fout, inputs)]
     return summary
 
 
-def _write_atomically(boxes: list[ImageBoxes], dst: Path, fmt: str) -> list[Path]:
-    """Write into a temp folder beside `dst`, then move every file into place."""
+def _write_atomically(boxes: list[ImageBoxes], dst: Path, fmt: str, inputs: list) -> list[Path]:
+    """Write into a temp folder beside `dst`, then move every file into place — unless one of
+    them (DOTA's per-image txt, YOLO's images.txt and labels/) would replace an input."""
+    from geodetect.atomic import check_not_input
+
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     try:
         written = WRITERS[fmt](boxes, tmp / dst.name)
+        check_not_input([dst.parent / f.relative_to(tmp) for f in written], inputs, "OUT")
         final = []
         for f in written:
             target = dst.parent / f.relative_to(tmp)

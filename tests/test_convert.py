@@ -244,3 +244,19 @@ def test_yolo_image_list_keeps_urls(tmp_path):
     (tmp_path / "list.txt").write_text("https://h.example/a.tif?sig=1\nrel/b.tif\n\n")
     got = _yolo_images({"train": "list.txt"}, tmp_path)
     assert got == ["https://h.example/a.tif?sig=1", str(tmp_path / "rel" / "b.tif")]
+
+
+def test_side_files_never_replace_an_input(scene, tmp_path):
+    """OUT is new, but YOLO's labels/ (or images.txt) beside it would be the input's own:
+    refused before anything moves, and the input's label files keep their bytes."""
+    scene_path, grid = scene
+    labels = write_vector(
+        labels_frame(BOXES, CLASSES, HEADS, NEG, grid, "scene.tif"), tmp_path / "l.gpkg"
+    )
+    src = tmp_path / "a.yaml"
+    assert main(["convert", str(labels), str(src), "--image", str(scene_path)]) == 0
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*.txt")}
+    again = tmp_path / "b.yaml"
+    assert main(["convert", str(src), str(again), "--image", str(scene_path)]) == 2
+    assert not again.exists()
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*.txt")} == before
