@@ -45,7 +45,7 @@ test-gui-lowest: $(LOW)/.installed
 	$(XVFB) $(LOW)/bin/python -m pytest -q -p no:cacheprovider -m gui tests/test_plugin_*.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check geodetect tests benchmarks
+	$(BIN)/ruff check geodetect tests benchmarks notebooks
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_data.py

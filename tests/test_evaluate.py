@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import geopandas as gpd
 import numpy as np
@@ -11,6 +10,7 @@ import pandas as pd
 import pyogrio
 import pytest
 import shapely
+from _shapes import rect
 
 from geodetect.cli import main
 from geodetect.evaluation import comparison_crs, evaluate, precision_recall_curves
@@ -129,15 +129,6 @@ def test_many_boxes_match_like_dense():
 # ---------------------------------------------------------------- files and CLI
 
 
-def _rect(cx: float, cy: float, length: float, width: float, angle: float) -> shapely.Polygon:
-    """Map-frame rectangle (y north), long axis at `angle` clockwise from north."""
-    a = math.radians(angle)
-    u = np.array([math.sin(a), math.cos(a)]) * length / 2
-    v = np.array([math.cos(a), -math.sin(a)]) * width / 2
-    c = np.array([cx, cy])
-    return shapely.Polygon([c + u - v, c + u + v, c - u + v, c - u - v])
-
-
 @pytest.fixture
 def files(tmp_path):
     x0, y0 = 500_000.0, 5_000_000.0
@@ -148,9 +139,9 @@ def files(tmp_path):
             "heading_deg": [30.0, 200.0, None, None],
         },
         geometry=[
-            _rect(x0 + 10, y0 + 10, 4.5, 2, 30),
-            _rect(x0 + 30, y0 + 10, 4.5, 2, 20),
-            _rect(x0 + 60, y0 + 40, 12, 8, 100),
+            rect(x0 + 10, y0 + 10, 4.5, 2, 30),
+            rect(x0 + 30, y0 + 10, 4.5, 2, 20),
+            rect(x0 + 60, y0 + 40, 12, 8, 100),
             shapely.box(x0, y0, x0 + 100, y0 + 100),
         ],
         crs="EPSG:32633",
@@ -166,9 +157,9 @@ def files(tmp_path):
             "image": ["s.tif"] * 3,
         },
         geometry=[
-            _rect(x0 + 10, y0 + 10, 4.5, 2, 32),
-            _rect(x0 + 80, y0 + 80, 4.5, 2, 0),
-            _rect(x0 + 60, y0 + 40, 12, 8, 100),
+            rect(x0 + 10, y0 + 10, 4.5, 2, 32),
+            rect(x0 + 80, y0 + 80, 4.5, 2, 0),
+            rect(x0 + 60, y0 + 40, 12, 8, 100),
         ],
         crs="EPSG:32633",
     )
@@ -238,9 +229,9 @@ def test_headings_follow_meridian_convergence(tmp_path):
     """Polar stereographic grid north is ~60° off UTM's at 15°E: headings must turn with it."""
     x0, y0 = 500_000.0, 7_800_000.0  # UTM 33N, about 15°E 70°N
     heads = [30.0, 200.0, 290.0]  # fronts on the long axis, both ends; one on a short side
-    # corner order carries the front (FL, FR, BR, BL): _rect at the heading puts it there
-    polys = [_rect(x0 + 20 * i, y0, 4.5, 2, h) for i, h in enumerate(heads)]
-    polys[2] = _rect(x0 + 40, y0, 2, 4.5, heads[2])  # front on a long side: 2 m deep, 4.5 wide
+    # corner order carries the front (FL, FR, BR, BL): rect at the heading puts it there
+    polys = [rect(x0 + 20 * i, y0, 4.5, 2, h) for i, h in enumerate(heads)]
+    polys[2] = rect(x0 + 40, y0, 2, 4.5, heads[2])  # front on a long side: 2 m deep, 4.5 wide
     truth = gpd.GeoDataFrame(
         {"label": ["positive"] * 3, "class": ["vehicle"] * 3, "heading_deg": heads},
         geometry=polys,
@@ -353,7 +344,7 @@ def test_pr_curves_false_positive_at_its_score(files):
     p = gpd.read_file(pred)
     # the 0.6 vehicle is a false positive; move the missed truth's twin in at 0.5
     twin = p.iloc[[0]].assign(score=0.5)
-    twin = twin.set_geometry([_rect(500_030, 5_000_010, 4.5, 2, 20)], crs=p.crs)
+    twin = twin.set_geometry([rect(500_030, 5_000_010, 4.5, 2, 20)], crs=p.crs)
     both = tmp / "pred_fp.gpkg"
     gpd.GeoDataFrame(pd.concat([p, twin], ignore_index=True), crs=p.crs).to_file(both)
     v = precision_recall_curves(both, truth, iou=0.5)["vehicle"]

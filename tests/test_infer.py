@@ -11,6 +11,7 @@ import pytest
 import rasterio
 import shapely
 import torch
+from _shapes import rect
 
 from geodetect import tta
 from geodetect.boxes import table_boxes
@@ -92,14 +93,6 @@ def test_tile_cores_cover_the_scene_once_up_to_slack():
     assert _core(208, tile, width, overlap)[1] == math.inf  # scene edge: keep all
 
 
-def _rect(cx, cy, length, width, angle):
-    a = math.radians(angle)
-    u = np.array([math.sin(a), math.cos(a)]) * length / 2
-    v = np.array([math.cos(a), -math.sin(a)]) * width / 2
-    c = np.array([cx, cy])
-    return shapely.Polygon([c + u - v, c + u + v, c - u + v, c - u - v])
-
-
 def _frame(rows, image="a.tif"):
     return gpd.GeoDataFrame(
         {
@@ -111,7 +104,7 @@ def _frame(rows, image="a.tif"):
             "width_m": [r[2][3] for r in rows],
             "image": [image] * len(rows),
         },
-        geometry=[_rect(*r[2]) for r in rows],
+        geometry=[rect(*r[2]) for r in rows],
         crs="EPSG:32633",
     )
 

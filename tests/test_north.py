@@ -8,7 +8,7 @@ import math
 import geopandas as gpd
 import numpy as np
 import pytest
-import shapely
+from _shapes import rect
 from pyproj import Transformer
 
 from geodetect import geometry
@@ -17,15 +17,6 @@ from geodetect.errors import CRSError
 from geodetect.merge import merge_detections
 
 UTM32, UTM33 = "EPSG:32632", "EPSG:32633"
-
-
-def _rect(cx: float, cy: float, length: float, width: float, angle: float) -> shapely.Polygon:
-    """Map-frame oriented rectangle, front-left corner first (angle clockwise from north)."""
-    a = math.radians(angle)
-    u = np.array([math.sin(a), math.cos(a)]) * length / 2
-    v = np.array([math.cos(a), -math.sin(a)]) * width / 2
-    c = np.array([cx, cy])
-    return shapely.Polygon([c + u - v, c + u + v, c - u + v, c - u - v])
 
 
 def _detections(crs: str | None, xy: tuple[float, float], image: str) -> gpd.GeoDataFrame:
@@ -39,7 +30,7 @@ def _detections(crs: str | None, xy: tuple[float, float], image: str) -> gpd.Geo
             "width_m": [1.8],
             "image": [image],
         },
-        geometry=[_rect(*xy, 4.5, 1.8, 0.0)],
+        geometry=[rect(*xy, 4.5, 1.8, 0.0)],
         crs=crs,
     )
 

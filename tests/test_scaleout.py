@@ -9,7 +9,6 @@ remove. The real detector runs through the same engine in the infer tests at the
 from __future__ import annotations
 
 import importlib
-import math
 import os
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import shapely
+from _shapes import rect
 
 from geodetect import scaleout
 from geodetect.errors import InputError
@@ -36,14 +36,6 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 X0, Y0 = 500_000.0, 5_000_000.0
 BLOCK = 100.0  # metres of rows per task
-
-
-def _rect(cx: float, cy: float, length: float, width: float, angle: float) -> shapely.Polygon:
-    a = math.radians(angle)
-    u = np.array([math.sin(a), math.cos(a)]) * length / 2
-    v = np.array([math.cos(a), -math.sin(a)]) * width / 2
-    c = np.array([cx, cy])
-    return shapely.Polygon([c + u - v, c + u + v, c - u + v, c - u - v])
 
 
 def fake_detections(payload: dict) -> gpd.GeoDataFrame:
@@ -75,7 +67,7 @@ def fake_detections(payload: dict) -> gpd.GeoDataFrame:
             "width_m": [r[2][3] for r in rows],
             "image": [image] * len(rows),
         },
-        geometry=[_rect(*r[2]) for r in rows],
+        geometry=[rect(*r[2]) for r in rows],
         crs="EPSG:32633",
     )
     gdf.attrs["valid_tiles"] = index + 1
