@@ -12,15 +12,17 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from pathlib import Path, PurePath
+from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import shapely
 from affine import Affine
 
-from geodetect.errors import GeodetectError, InputError, LabelError
-from geodetect.formats import FORMATS, READERS, WRITERS, ImageBoxes, format_of
+from geodetect.errors import InputError, LabelError
+from geodetect.foreign import boxes_to_vector, file_name, read_boxes
+from geodetect.formats import FORMATS, WRITERS, ImageBoxes, format_of
 from geodetect.remote import display_name, is_remote
 
 
@@ -28,35 +30,6 @@ def _scenes(images: list[str] | None) -> list:
     from geodetect.raster import open_raster
 
     return [open_raster(p) for p in images or []]
-
-
-def _name(value: object) -> str:
-    return PurePath(str(value).replace("\\", "/")).name if isinstance(value, str) else ""
-
-
-def _match(name: str, scenes: list, alone: bool) -> object | None:
-    """The scene called `name` (file name, or stem: DOTA names a txt after its image); the only
-    scene when there is one image and one scene (`alone`)."""
-    for s in scenes:
-        scene = display_name(s.path)
-        if name in (scene, PurePath(scene).stem):
-            return s
-    return scenes[0] if alone and len(scenes) == 1 else None
-
-
-def read_boxes(path: str | Path, fmt: str | None = None) -> list[ImageBoxes]:
-    """A foreign file (format from `fmt` or the extension) as per-image pixel boxes."""
-    fmt = fmt or format_of(path)
-    if fmt not in READERS:
-        raise InputError(f"{path}: not one of the formats {', '.join(FORMATS)}")
-    if not Path(path).exists():
-        raise LabelError(f"{path}: no such file")
-    try:
-        return READERS[fmt](path)
-    except GeodetectError:
-        raise
-    except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
-        raise LabelError(f"{path}: not a valid {fmt} file ({type(exc).__name__}: {exc})") from None
 
 
 # ------------------------------------------------------------------------------ CRS -> pixels
@@ -76,19 +49,19 @@ def vector_to_boxes(gdf: gpd.GeoDataFrame, scenes: list, source: str) -> list[Im
     if not scenes:
         if gdf.crs is not None:
             raise InputError(f"{source} is in a CRS; give --image SCENE to map it to pixels")
-        names = gdf["image"].map(_name) if "image" in gdf else pd.Series([""] * len(gdf))
+        names = gdf["image"].map(file_name) if "image" in gdf else pd.Series([""] * len(gdf))
         groups = [(n or "image", gdf[names.to_numpy() == n], None) for n in dict.fromkeys(names)]
     else:
         groups = []
         taken = np.zeros(len(gdf), bool)
         for s in scenes:
             sub = reproject_detections(gdf, s.grid.crs)  # headings to the scene's grid north
-            named = sub["image"].map(_name) if "image" in sub else pd.Series([""] * len(sub))
+            named = sub["image"].map(file_name) if "image" in sub else pd.Series([""] * len(sub))
             scene_name = display_name(s.path)
             on = named.to_numpy() == scene_name
             left, bottom, right, top = s.grid.bounds
             free = (named.to_numpy() == "") & ~taken
-            on |= free & sub.geometry.intersects(_box(left, bottom, right, top)).to_numpy()
+            on |= free & sub.geometry.intersects(shapely.box(left, bottom, right, top)).to_numpy()
             taken |= on
             groups.append((scene_name, sub[on], s.grid))
     out = []
@@ -114,55 +87,6 @@ def vector_to_boxes(gdf: gpd.GeoDataFrame, scenes: list, source: str) -> list[Im
             img.negatives += [p for p in parts if not p.interiors]  # a hole has no place
         out.append(img)
     return out
-
-
-def _box(left: float, bottom: float, right: float, top: float):
-    import shapely
-
-    return shapely.box(left, bottom, right, top)
-
-
-# ------------------------------------------------------------------------------ pixels -> CRS
-
-
-def boxes_to_vector(
-    images: list[ImageBoxes], scenes: list, strict: bool = True
-) -> gpd.GeoDataFrame:
-    """Per-image pixel boxes as one label table (or detections table, when every object has a
-    score), in the first matched scene's CRS; pixel coordinates when no scene is given.
-    An image that matches none of `scenes` is an error when `strict`, else left out (training
-    on some of a dataset's images)."""
-    from geodetect.boxes import detections_frame, labels_frame
-    from geodetect.north import reproject_detections
-    from geodetect.raster import Grid, open_raster
-
-    frames, crs = [], None
-    found = [im for im in images if len(im.boxes)]
-    detections = bool(found) and all(im.scores is not None for im in found)
-    for img in images:
-        scene = _match(img.name, scenes, alone=len(images) == 1)
-        if scene is None and scenes and not strict:
-            continue
-        if scene is None and img.path and (is_remote(img.path) or Path(img.path).exists()):
-            scene = open_raster(img.path)
-        if scene is None and scenes:
-            raise InputError(f"image {img.name!r} is none of the --image scenes")
-        grid = scene.grid if scene is not None else Grid(None, Affine.identity(), 1, 1)
-        name = display_name(scene.path) if scene is not None else img.name
-        if detections:
-            scores = img.scores if img.scores is not None else np.zeros(0)
-            f = detections_frame(img.boxes, scores, img.classes, img.headings, grid, name)
-        else:
-            f = labels_frame(img.boxes, img.classes, img.headings, img.negatives, grid, name)
-        if frames and (crs is None) != (f.crs is None):
-            raise InputError("some images have a CRS and some have none; give every --image")
-        if frames and crs is not None and not f.crs.equals(crs):
-            f = reproject_detections(f, crs)  # headings turned by the meridian convergence
-        crs = f.crs if not frames else crs
-        frames.append(f)
-    if not frames:
-        raise LabelError("no image of the file is one of the scenes (matched by file name)")
-    return gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=crs)
 
 
 # ------------------------------------------------------------------------------ the command
@@ -206,7 +130,7 @@ def convert_labels(
     if fout == "yolo" and any(b.width is None for b in boxes):
         raise InputError("YOLO-OBB coordinates are relative to the image size: give --image SCENE")
     for b in boxes:  # YOLO's image list: absolute paths, so it can live anywhere
-        s = next((s for s in scenes if _name(s.path) == b.name), None)
+        s = next((s for s in scenes if file_name(s.path) == b.name), None)
         if b.path is None and s is not None:
             b.path = s.path if is_remote(s.path) else str(Path(s.path).resolve())
     if fout in ("dota", "yolo"):

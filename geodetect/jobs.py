@@ -220,7 +220,7 @@ def _samples(p: dict, emit: _Emitter) -> dict:
     import numpy as np
 
     from geodetect.config import load_config
-    from geodetect.plugin._gallery import gallery_from_index
+    from geodetect.gallery import gallery_from_index
     from geodetect.samples import write_samples
 
     emit.progress({"stage": "samples"}, force=True)

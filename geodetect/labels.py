@@ -93,7 +93,7 @@ def read_labels(path: str | Path, scenes: list | None = None) -> gpd.GeoDataFram
     from geodetect.formats import format_of
 
     if format_of(p) is not None and p.exists():
-        from geodetect.convert import boxes_to_vector, read_boxes
+        from geodetect.foreign import boxes_to_vector, read_boxes
 
         gdf = boxes_to_vector(read_boxes(p), scenes or [], strict=False)
     else:

@@ -166,7 +166,7 @@ def test_broken_foreign_files_are_one_line(name, text, tmp_path, capsys):
 
 def test_other_tools_plain_shapes(tmp_path):
     """Plain COCO (upright `bbox` only) and CVAT 4-point polygons come in as boxes."""
-    from geodetect.convert import read_boxes
+    from geodetect.foreign import read_boxes
 
     coco = tmp_path / "plain.json"
     coco.write_text(

@@ -82,7 +82,7 @@ def _car_in_utm33(heading: float, length: float = 4.5, width: float = 1.8) -> gp
     x, y = Transformer.from_crs("EPSG:4326", UTM33, always_xy=True).transform(12.5, 60.0)
     return gpd.GeoDataFrame(
         {"label": ["positive"], "class": ["car"], "heading_deg": [heading]},
-        geometry=[_rect(x, y, length, width, heading)],
+        geometry=[rect(x, y, length, width, heading)],
         crs=UTM33,
     )
 
