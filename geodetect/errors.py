@@ -33,3 +33,9 @@ class ModelError(GeodetectError, ValueError):
 
 class DeviceError(GeodetectError, RuntimeError):
     """The requested compute device is not available."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's first line: what a one-line error may quote of a library's message."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -24,12 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from geodetect import geometry
-from geodetect.errors import ModelError
+from geodetect.errors import ModelError, first_line
+from geodetect.modelfile import FORMAT, VERSION, load_file
 from geodetect.targets import MULTIPLE, REG_CHANNELS, STRIDE
-
-FORMAT = "geodetect-model"
-VERSION = 1
-
 
 # ------------------------------------------------------------------------------ network
 
@@ -104,12 +101,12 @@ class ResNetBackbone(nn.Module):
 
         net = getattr(torchvision.models, name)(weights=None)
         if pretrained:
-            state = _load_file(pretrained)
+            state = load_file(pretrained)
             state = state.get("state_dict", state) if isinstance(state, dict) else state
             try:
                 net.load_state_dict(state, strict=True)
             except RuntimeError as exc:
-                raise ModelError(f"{pretrained}: not {name} weights ({_first_line(exc)})") from None
+                raise ModelError(f"{pretrained}: not {name} weights ({first_line(exc)})") from None
         if cin != 3:
             old = net.conv1.weight.data
             conv = nn.Conv2d(cin, 64, 7, 2, 3, bias=False)
@@ -274,22 +271,6 @@ def decode(
 # ------------------------------------------------------------------------------ model files
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-def _load_file(path: str | Path) -> Any:
-    """torch.load with weights_only=True; anything else is a ModelError."""
-    p = Path(path)
-    if not p.is_file():
-        raise ModelError(f"{p}: model file not found")
-    try:
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, zip errors, unsafe globals, truncation
-        raise ModelError(f"{p}: not a geodetect model file ({_first_line(exc)})") from None
-
-
 REQUIRED_KEYS = ("state_dict", "classes", "has_front", "bands", "elevation", "gsd", "arch")
 
 
@@ -298,7 +279,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Ge
 
     Loads with `weights_only=True`: a model file can never run code.
     """
-    blob = _load_file(path)
+    blob = load_file(path)
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ModelError(f"{path}: not a geodetect model file (no '{FORMAT}' header)")
     if int(blob.get("version", 0)) > VERSION:
@@ -312,7 +293,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Ge
         net = build_model(blob["arch"])
         net.load_state_dict(blob["state_dict"])
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:
-        raise ModelError(f"{path}: weights do not fit the network ({_first_line(exc)})") from None
+        raise ModelError(f"{path}: weights do not fit the network ({first_line(exc)})") from None
     net.to(torch.device(device)).eval()
     meta = {k: v for k, v in blob.items() if k != "state_dict"}
     return net, meta

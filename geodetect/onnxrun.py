@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from geodetect.errors import DeviceError, ModelError
+from geodetect.errors import DeviceError, ModelError, first_line
 
 META_KEY = "geodetect"  # metadata_props key holding the model file's meta as JSON
 OUTPUTS = ("heatmap", "offset", "size", "angle", "heading")
@@ -52,7 +52,7 @@ def read_meta(path: str | Path) -> dict:
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
-        raise ModelError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from None
+        raise ModelError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
     return _meta_of(session, path)
 
 
@@ -96,14 +96,9 @@ def load_onnx(path: str | Path, device: str | None = "auto") -> tuple[OnnxNet, d
     try:
         session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
     except Exception as exc:
-        raise ModelError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from None
+        raise ModelError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
     meta = _meta_of(session, path)
     names = [o.name for o in session.get_outputs()]
     if sorted(names) != sorted(OUTPUTS):
         raise ModelError(f"{path}: outputs {names} are not a geodetect model's {list(OUTPUTS)}")
     return OnnxNet(session), meta
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -25,7 +25,7 @@ from geodetect.atomic import atomic_path
 from geodetect.config import Config, dump_config
 from geodetect.device import autocast, empty_cache, is_oom, resolve_device, use_amp
 from geodetect.errors import GeodetectError, InputError
-from geodetect.model import build_model, decode, detection_loss, make_arch, model_blob
+from geodetect.model import build_model, decode, detection_loss, load_model, make_arch, model_blob
 from geodetect.project import Project, load_project, split_validation
 from geodetect.resume import check_resume, run_identity
 from geodetect.samples import Patch, extract_patches, make_chip
@@ -265,9 +265,9 @@ def train(
 
     config = config or Config()
     if init is not None:
-        from geodetect.weights import fit_config_to, init_meta
+        from geodetect.weights import fit_config_to
 
-        config = fit_config_to(config, init_meta(init))
+        config = fit_config_to(config, load_model(init)[1])  # a checked model file
     out = Path(out_dir)
     inputs = [*map(str, images), str(labels), *(pointclouds or []), config.model.pretrained, init]
     check_not_input([out / "model.pt", out / "metrics.json", out / CHECKPOINT], inputs)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from geodetect.errors import InputError, ModelError
+from geodetect.errors import InputError, ModelError, first_line
 
 BACKBONE_FORMAT = "geodetect-backbone"
 BACKBONE_VERSION = 1
@@ -50,9 +50,9 @@ def load_backbone(backbone: nn.Module, path: str | Path, arch: dict[str, Any]) -
     Strict: the file's architecture (bands, width, depth) and every key and shape must fit.
     Returns the file's metadata (without weights).
     """
-    from geodetect.model import FORMAT, _first_line, _load_file
+    from geodetect.modelfile import FORMAT, load_file
 
-    blob = _load_file(path)
+    blob = load_file(path)
     if not isinstance(blob, dict) or blob.get("format") not in (BACKBONE_FORMAT, FORMAT):
         raise ModelError(f"{path}: not a geodetect backbone file; make one with geodetect pretrain")
     state = blob.get("state_dict")
@@ -71,16 +71,8 @@ def load_backbone(backbone: nn.Module, path: str | Path, arch: dict[str, Any]) -
     try:
         backbone.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ModelError(f"{path}: weights do not fit the backbone ({_first_line(exc)})") from None
+        raise ModelError(f"{path}: weights do not fit the backbone ({first_line(exc)})") from None
     return {k: v for k, v in blob.items() if k != "state_dict"}
-
-
-def init_meta(path: str | Path) -> dict[str, Any]:
-    """The metadata of a model file given to `train --init` (checked, weights not kept)."""
-    from geodetect.model import load_model
-
-    _, meta = load_model(path)
-    return meta
 
 
 def fit_config_to(config: Any, meta: dict[str, Any]) -> Any:
@@ -109,9 +101,9 @@ def warm_start(net: nn.Module, path: str | Path, classes: list[str], bands: list
     """Copy an existing model's weights into `net` (built for `classes`); returns the classes
     that start fresh (new heads). Classes are matched by name; the backbone, pyramid and
     regression head are shared by all classes and always carried over."""
-    from geodetect.model import _load_file
+    from geodetect.modelfile import load_file
 
-    blob = _load_file(path)
+    blob = load_file(path)
     old_classes = list(blob["classes"])
     if [int(b) for b in blob["bands"]] != [int(b) for b in bands]:
         raise InputError(
