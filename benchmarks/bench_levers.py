@@ -85,13 +85,16 @@ def decode_levers(model: Path, scene: Path) -> None:
 
     from geodetect import geometry
     from geodetect.decoding import decode_arrays
-    from geodetect.inference import _read_batches, plan_tasks, resolve_settings
+    from geodetect.detection import read_batches
     from geodetect.model import load_model
+    from geodetect.modelinfo import ModelInfo
+    from geodetect.tiling import plan_tasks, resolve_settings
 
     net, meta = load_model(model)
-    settings = resolve_settings(meta, tile=1024, overlap=128)
-    task = plan_tasks([str(scene)], None, meta, settings)[0]
-    x, _ = next(_read_batches(task, meta, settings, 1))
+    info = ModelInfo.from_meta(meta)
+    settings = resolve_settings(info, tile=1024, overlap=128)
+    task = plan_tasks([str(scene)], None, info, settings)[0]
+    x, _ = next(read_batches(task, info, 1))
     with torch.inference_mode():
         out = net(torch.from_numpy(x))
     arrays = {k: v.numpy() for k, v in out.items()}
@@ -133,10 +136,10 @@ def tile_levers(model: Path, work: Path, scene: Path, threads: int) -> None:
 _IMPORTS = {
     "torch": "import torch",
     "torch path (geodetect.cli + infer + torchrun)": (
-        "import geodetect.cli, geodetect.inference, geodetect.torchrun, geodetect.scaleout"
+        "import geodetect.cli, geodetect.inference, geodetect.torchrun, geodetect.engine"
     ),
     "onnx path (geodetect.cli + infer + onnxrun)": (
-        "import geodetect.cli, geodetect.inference, geodetect.onnxrun, geodetect.scaleout,"
+        "import geodetect.cli, geodetect.inference, geodetect.onnxrun, geodetect.engine,"
         " onnxruntime"
     ),
     "albumentations (no longer imported by infer)": "import albumentations",

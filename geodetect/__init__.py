@@ -34,6 +34,7 @@ _API = {
     "pretrain": "pretraining",
     "load_model": "model",
     "infer": "inference",
+    "detect": "detection",
     "export_onnx": "export",
     "evaluate": "evaluation",
     "precision_recall_curves": "evaluation",

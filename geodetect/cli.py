@@ -63,7 +63,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 def _cmd_infer(args: argparse.Namespace) -> int:
     from geodetect.atomic import check_not_input
     from geodetect.inference import infer
-    from geodetect.scaleout import expand_images
+    from geodetect.scenes import expand_images
     from geodetect.stac import resolve_scenes
 
     check_not_input(args.out, [args.from_list, *(args.stac or [])])

@@ -101,17 +101,20 @@ def _calibration_chips(meta: dict, images: list[str]) -> list[np.ndarray]:
     """Normalised (1, C, 256, 256) chips at evenly spread tiles of the scenes (valid ones)."""
     from dataclasses import replace
 
-    from geodetect.inference import _read_batches, plan_tasks, resolve_settings
+    from geodetect.detection import read_batches
+    from geodetect.modelinfo import ModelInfo
+    from geodetect.tiling import plan_tasks, resolve_settings
 
-    settings = resolve_settings(meta, tile=CALIB_TILE, overlap=0, tta=False)
-    tasks = plan_tasks(images, None, meta, settings)
+    info = ModelInfo.from_meta(meta)
+    settings = resolve_settings(info, tile=CALIB_TILE, overlap=0, tta=False)
+    tasks = plan_tasks(images, None, info, settings)
     spots = [(t, w) for t in tasks for w in t.windows]
     pick = np.unique(np.linspace(0, len(spots) - 1, min(2 * CALIB_CHIPS, len(spots))).astype(int))
     chips: list[np.ndarray] = []
     for task in tasks:
         wins = tuple(spots[i][1] for i in pick if spots[i][0] is task)
         sub = replace(task, windows=wins)
-        chips.extend(x[None] for batch, _ in _read_batches(sub, meta, settings, 16) for x in batch)
+        chips.extend(x[None] for batch, _ in read_batches(sub, info, 16) for x in batch)
     if not chips:
         raise InputError("--calibrate: the scenes have no valid pixels")
     keep = np.unique(np.linspace(0, len(chips) - 1, min(CALIB_CHIPS, len(chips))).astype(int))

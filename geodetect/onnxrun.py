@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from geodetect.errors import DeviceError, ModelError, first_line
+from geodetect.modelinfo import ModelInfo
 
 META_KEY = "geodetect"  # metadata_props key holding the model file's meta as JSON
 OUTPUTS = ("heatmap", "offset", "size", "angle", "heading")
@@ -70,8 +71,8 @@ def _meta_of(session: Any, path: str | Path) -> dict:
     return meta
 
 
-def load_onnx(path: str | Path, device: str | None = "auto") -> tuple[OnnxNet, dict]:
-    """(OnnxNet, meta) for an exported model; CUDA through ORT's CUDA provider when asked.
+def load_onnx(path: str | Path, device: str | None = "auto") -> tuple[OnnxNet, ModelInfo]:
+    """(OnnxNet, ModelInfo) for an exported model; CUDA through ORT's CUDA provider when asked.
 
     Threads: OMP_NUM_THREADS when set (as torch reads it), else ORT's default (all cores).
     """
@@ -101,4 +102,4 @@ def load_onnx(path: str | Path, device: str | None = "auto") -> tuple[OnnxNet, d
     names = [o.name for o in session.get_outputs()]
     if sorted(names) != sorted(OUTPUTS):
         raise ModelError(f"{path}: outputs {names} are not a geodetect model's {list(OUTPUTS)}")
-    return OnnxNet(session), meta
+    return OnnxNet(session), ModelInfo.from_meta(meta, str(path))

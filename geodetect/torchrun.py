@@ -15,6 +15,7 @@ import torch
 from geodetect.device import autocast, pin_memory
 from geodetect.errors import InputError
 from geodetect.model import load_model, prepare_for_inference
+from geodetect.modelinfo import ModelInfo
 
 
 class TorchNet:
@@ -47,9 +48,12 @@ class TorchNet:
         return autocast(self.device)
 
 
-def load_torch(path: str | Path, device: torch.device, precision: str = "fp32") -> tuple:
-    """(TorchNet, meta) for a model file on `device`."""
+def load_torch(
+    path: str | Path, device: torch.device, precision: str = "fp32"
+) -> tuple[TorchNet, ModelInfo]:
+    """(TorchNet, ModelInfo) for a model file on `device`."""
     if precision == "bf16" and device.type != "cpu":
         raise InputError("--precision bf16 is the CPU path; on CUDA float16 autocast is used")
     net, meta = load_model(path, device=device)
-    return TorchNet(prepare_for_inference(net, device), device, precision), meta
+    info = ModelInfo.from_meta(meta, str(path))
+    return TorchNet(prepare_for_inference(net, device), device, precision), info

@@ -36,24 +36,19 @@ LOW, SPAN = -0.5, 2.0  # normalised values live in [LOW, LOW + SPAN]; the robust
 # ------------------------------------------------------------------------------ colour
 
 
-def percentiles_of(meta_or_config: Any) -> tuple[float, float]:
-    """The percentile pair from a model meta dict, a Config, a DataConfig, or a plain pair."""
-    if isinstance(meta_or_config, dict):
-        norm = meta_or_config.get("normalisation") or {}
-        pair = norm.get("percentiles") or (meta_or_config.get("config") or {}).get("data", {}).get(
-            "percentiles"
-        )
-        return tuple(pair or (2.0, 98.0))  # type: ignore[return-value]
-    data = getattr(meta_or_config, "data", meta_or_config)
+def percentiles_of(config_or_pair: Any) -> tuple[float, float]:
+    """The percentile pair from a Config, a DataConfig, or a plain pair (a model's:
+    `ModelInfo.percentiles`)."""
+    data = getattr(config_or_pair, "data", config_or_pair)
     if hasattr(data, "percentiles"):
         return tuple(data.percentiles)  # type: ignore[return-value]
-    if meta_or_config is None:
+    if config_or_pair is None:
         return (2.0, 98.0)
-    return tuple(meta_or_config)  # type: ignore[arg-type]
+    return tuple(config_or_pair)  # type: ignore[arg-type]
 
 
 def scene_stats(
-    path: str | Path, bands: list[int], meta_or_config: Any = None, max_pixels: int = 200_000
+    path: str | Path, bands: list[int], config_or_pair: Any = None, max_pixels: int = 200_000
 ) -> dict[str, Any]:
     """Robust per-band range of a scene: {"low", "high", "percentiles", "pixels"}.
 
@@ -63,7 +58,7 @@ def scene_stats(
     from geodetect.bandstats import sample_pixels
     from geodetect.errors import InputError
 
-    lo_p, hi_p = percentiles_of(meta_or_config)
+    lo_p, hi_p = percentiles_of(config_or_pair)
     values = sample_pixels(path, bands, max_pixels=max_pixels, seed=0)
     if values.shape[1] == 0:
         raise InputError(f"{path}: has no valid pixels (all nodata)")
@@ -109,16 +104,14 @@ def prepare_input(
     data: np.ndarray,
     valid: np.ndarray,
     ndsm: np.ndarray | None,
-    meta: dict[str, Any],
-    scene_stats: dict[str, Any] | None,
+    stats: dict[str, Any],
+    elevation_scale: float | None = None,
 ) -> np.ndarray:
-    """A network input (C', H, W) float32 from raw bands (+ nDSM), exactly as in training."""
-    norm = meta.get("normalisation") or {}
-    stats = scene_stats or norm.get("model_stats")
+    """A network input (C', H, W) float32 from raw bands, exactly as in training; the nDSM
+    channel follows when the model reads elevation (`elevation_scale` metres = 1.0)."""
     x = normalise(data, valid, stats)
-    if meta.get("elevation"):
-        scale = float(norm.get("elevation_scale", 10.0))
-        x = np.concatenate([x, elevation_channel(ndsm, valid.shape, scale)], axis=0)
+    if elevation_scale is not None:
+        x = np.concatenate([x, elevation_channel(ndsm, valid.shape, elevation_scale)], axis=0)
     return np.ascontiguousarray(x, np.float32)
 
 

@@ -18,10 +18,15 @@ from scipy import ndimage
 
 from geodetect import geometry
 from geodetect.cli import main
-from geodetect.inference import Detector, infer
+from geodetect.detection import Detector
+from geodetect.inference import infer
 from geodetect.labels import read_vector, write_vector
+from geodetect.modelinfo import ModelInfo
 
-infer_mod = importlib.import_module("geodetect.inference")  # the package exports infer() by name
+# infer() loads its detector in inference; tiles run in detection; scenes are planned in tiling
+infer_mod = importlib.import_module("geodetect.inference")
+detection_mod = importlib.import_module("geodetect.detection")
+tiling_mod = importlib.import_module("geodetect.tiling")
 META = {"gsd": GSD, "bands": [1, 2, 3], "classes": ["car"], "arch": {"multiple": 32}}
 TILE, OVERLAP = 96, 40  # cars are at most 32 px long: whole in some tile's core
 
@@ -51,11 +56,10 @@ def model(tmp_path, monkeypatch):
     path = tmp_path / "blobs.pt"
     path.write_bytes(b"stand-in")
     reads: list[tuple[str, int, int]] = []
+    info = ModelInfo.from_meta(META)
+    monkeypatch.setattr(infer_mod, "load_detector", lambda *a, **k: Detector(None, info, "cpu", 4))
     monkeypatch.setattr(
-        infer_mod, "load_detector", lambda *a, **k: Detector(None, dict(META), "cpu", 4, [False])
-    )
-    monkeypatch.setattr(
-        infer_mod, "_run_batch", lambda det, inputs, settings: [_blobs(x) for x in inputs]
+        detection_mod, "_run_batch", lambda det, inputs, settings: [_blobs(x) for x in inputs]
     )
     from geodetect.raster import SceneReader
 
@@ -112,9 +116,9 @@ def test_aoi_reads_only_tiles_in_it_and_keeps_centres_inside(model, tmp_path, mo
     # a second scene east of the area: neither its tiles nor its statistics are read
     far = _write(tmp_path / "far.tif", paint(128, cars[:1], np.array([np.nan])), col0=1000)
     sampled = []
-    stats = infer_mod._scene_stats
+    stats = tiling_mod._scene_stats
     monkeypatch.setattr(
-        infer_mod, "_scene_stats", lambda image, meta: sampled.append(image) or stats(image, meta)
+        tiling_mod, "_scene_stats", lambda image, info: sampled.append(image) or stats(image, info)
     )
     argv = ["infer", str(path), scene, far, "--aoi", str(aoi), "--tile", str(TILE)]
     assert main([*argv, "--overlap", str(OVERLAP), "--out", str(tmp_path / "in.gpkg")]) == 0

@@ -23,9 +23,7 @@ GROUPS = ("data", "plugin")  # packages under geodetect/ with a table of their o
 
 # Cycles that exist today and are being removed elsewhere; each entry says by what. A cycle
 # not listed here fails; an entry whose cycle is gone fails too, so that it gets deleted.
-ALLOWED_CYCLES = {
-    frozenset({"inference", "scaleout"}): "removed by the detection-path redesign (issue 15)",
-}
+ALLOWED_CYCLES = {}
 
 
 def _modules() -> dict[str, list[Path]]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import builtins
 import json
+import subprocess
+import sys
 
 import geopandas as gpd
 import numpy as np
@@ -191,3 +193,24 @@ def test_bf16_path_matches_fp32(model_pt, scene, tmp_path):
     )
     assert len(b) > 0
     np.testing.assert_allclose(np.sort(a["score"])[-10:], np.sort(b["score"])[-10:], atol=0.03)
+
+
+_ONNX_ONLY = """
+import json, sys
+from geodetect.cli import main
+from geodetect.detection import detect
+n = len(detect(sys.argv[1], sys.argv[2], device="cpu"))
+assert main(["infer", sys.argv[1], sys.argv[2], "--device", "cpu", "--out", sys.argv[3]]) == 0
+print(json.dumps({"n": n, "torch": sorted(m for m in sys.modules if m.split(".")[0] == "torch")}))
+"""
+
+
+def test_onnx_path_never_imports_torch(model_pt, scene, tmp_path):
+    """`detect` and `geodetect infer` on an .onnx skip torch's seconds of import."""
+    onnx_path = tmp_path / "m.onnx"
+    assert main(["export", str(model_pt), "--out", str(onnx_path)]) == 0
+    argv = [sys.executable, "-c", _ONNX_ONLY, str(onnx_path), str(scene), str(tmp_path / "d.gpkg")]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got["torch"] == [] and got["n"] > 20

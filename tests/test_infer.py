@@ -16,9 +16,10 @@ from _shapes import rect
 from geodetect import tta
 from geodetect.boxes import table_boxes
 from geodetect.cli import main
+from geodetect.detection import SEAM_SLACK_PX, _core
 from geodetect.evaluation import evaluate
 from geodetect.geometry import rotated_iou
-from geodetect.inference import SEAM_SLACK_PX, _core, infer
+from geodetect.inference import infer
 from geodetect.matching import class_metrics
 from geodetect.merge import merge_detections
 
@@ -273,7 +274,7 @@ def test_tta_and_multi_scene_into_one_file(trained_model, scene_pair, tmp_path):
 def test_simulated_oom_halves_batch_and_matches_small_batch(
     trained_model, scene_pair, tmp_path, monkeypatch
 ):
-    infer_mod = importlib.import_module("geodetect.inference")  # geodetect.infer is the function
+    infer_mod = importlib.import_module("geodetect.inference")  # infer() loads through it
 
     ref = tmp_path / "ref.gpkg"
     infer(

@@ -1,4 +1,5 @@
-"""scaleout: Dask engines, killed tasks, resume after kill -9, shards, part files, errors.
+"""The task engine (scale-out): Dask engines, killed tasks, resume after kill -9, shards,
+part files, errors; and `infer` run through it.
 
 A fake task runner stands in for the detector here (fast and deterministic): each task emits
 a few oriented boxes inside its block of rows plus one box on the seam with the next block,
@@ -8,7 +9,6 @@ remove. The real detector runs through the same engine in the infer tests at the
 
 from __future__ import annotations
 
-import importlib
 import os
 import subprocess
 import sys
@@ -24,11 +24,11 @@ import pytest
 import shapely
 from _shapes import rect
 
-from geodetect import scaleout
+from geodetect import detection, engine, inference, tiling
+from geodetect.engine import WorkItem, execute, parts_dir, shard_output
 from geodetect.errors import InputError
 from geodetect.manifest import Manifest, manifest_path, task_key
 from geodetect.merge import merge_detections
-from geodetect.scaleout import WorkItem, execute, parts_dir, shard_output
 
 # workers unpickle the runner: ship this module's functions by value (it is not importable
 # in the worker processes)
@@ -201,7 +201,7 @@ _KILLED_RUN = """
 import os, signal, sys
 sys.path.insert(0, {here!r})
 import test_scaleout as t
-from geodetect.scaleout import execute
+from geodetect.engine import execute
 
 count = 0
 def runner(payload):
@@ -304,35 +304,16 @@ def test_workers_and_scheduler_together_is_an_error(tmp_path):
 def test_unreachable_scheduler_is_a_clean_error(tmp_path, monkeypatch):
     from geodetect.errors import GeodetectError
 
-    monkeypatch.setattr(scaleout, "CONNECT_TIMEOUT", "2s")
+    monkeypatch.setattr(engine, "CONNECT_TIMEOUT", "2s")
 
     with pytest.raises(GeodetectError, match="cannot connect"):
-        scaleout.execute(
+        engine.execute(
             _items(n_scenes=1, n_tasks=1),
             fake_detections,
             tmp_path / "d.gpkg",
             MERGE,
             scheduler="tcp://127.0.0.1:9",
         )
-
-
-def test_expand_images_globs_lists_and_errors(tmp_path, monkeypatch):
-    from geodetect.scaleout import expand_images
-
-    for name in ["a.tif", "b.tif", "c.png"]:
-        (tmp_path / name).write_bytes(b"x")
-    monkeypatch.chdir(tmp_path)
-    lst = tmp_path / "scenes.txt"
-    lst.write_text("# county\nc.png\n\n  a.tif  \n")
-    assert expand_images(["*.tif"]) == ["a.tif", "b.tif"]
-    assert expand_images(["b.tif", "*.tif"], lst) == ["b.tif", "a.tif", "c.png"]
-    assert expand_images(["missing.tif"]) == ["missing.tif"]  # the raster reader reports it
-    with pytest.raises(InputError, match="no file matches"):
-        expand_images(["*.jp2"])
-    with pytest.raises(InputError, match="--from-list"):
-        expand_images([], tmp_path / "nope.txt")
-    with pytest.raises(InputError, match="no scenes"):
-        expand_images([])
 
 
 def test_in_process_runner_reports_progress_within_tasks(tmp_path, capsys):
@@ -348,6 +329,37 @@ def test_in_process_runner_reports_progress_within_tasks(tmp_path, capsys):
     assert seen == [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4
     err = capsys.readouterr().err
     assert "4.0/4.0 Mpx" in err and "tasks 4/4" in err and "Mpx/s" in err
+
+
+ENGINE_MAY_IMPORT = {"errors", "manifest", "atomic", "labels"}  # DESIGN.md's module map
+DETECTION = {
+    "detection", "inference", "tiling", "modelinfo", "model", "torchrun", "onnxrun",
+    "decoding", "tta", "merge", "north", "aoi", "mosaic", "export", "training",
+}  # fmt: skip
+
+
+def _geodetect_imports(path: Path) -> set[str]:
+    """geodetect modules a file imports anywhere (module level and inside functions)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+        else:
+            continue
+        found |= {n.split(".")[1] for n in names if n.startswith("geodetect.")}
+    return found
+
+
+def test_the_engine_imports_no_detection_module():
+    """A lower module never calls back into a higher one: detection hands the engine its
+    runner, merge and check; the engine imports none of detection's modules."""
+    imports = _geodetect_imports(Path(engine.__file__))
+    assert not imports & DETECTION, sorted(imports & DETECTION)
+    assert imports <= ENGINE_MAY_IMPORT, sorted(imports - ENGINE_MAY_IMPORT)
 
 
 # ------------------------------------------------------------------ the real detector
@@ -391,13 +403,11 @@ def test_infer_on_two_workers_equals_one_process(tiny_model, scenes, one_process
 
 
 def test_each_worker_loads_the_model_once(tiny_model, scenes, client, tmp_path):
-    inf = importlib.import_module("geodetect.inference")  # geodetect.infer is the function
-
-    det = inf.load_detector(tiny_model, "cpu")
-    settings = inf.resolve_settings(det.meta)
-    tasks = inf.plan_tasks([s.image for s in scenes] * 1, None, det.meta, settings)
-    client.run(lambda: scaleout.LOADS.update(count=0))
-    scaleout.run_inference(
+    det = detection.load_detector(tiny_model, "cpu")
+    settings = tiling.resolve_settings(det.info)
+    tasks = tiling.plan_tasks([s.image for s in scenes] * 1, None, det.info, settings)
+    client.run(lambda: detection.LOADS.update(count=0))
+    inference.run_inference(
         tasks,
         det,
         settings,
@@ -406,7 +416,7 @@ def test_each_worker_loads_the_model_once(tiny_model, scenes, client, tmp_path):
         device="cpu",
         client=client,
     )
-    loads = client.run(lambda: scaleout.LOADS["count"])
+    loads = client.run(lambda: detection.LOADS["count"])
     assert sorted(loads.values()) in ([0, 1], [1, 1])  # at most once per worker process
 
 
@@ -427,24 +437,23 @@ def test_inference_keys_follow_model_scene_and_params(tiny_model, scenes, tmp_pa
     import dataclasses
     import shutil
 
-    inf = importlib.import_module("geodetect.inference")  # geodetect.infer is the function
     from geodetect.manifest import file_sha256
 
-    det = inf.load_detector(tiny_model, "cpu")
-    settings = inf.resolve_settings(det.meta)
+    det = detection.load_detector(tiny_model, "cpu")
+    settings = tiling.resolve_settings(det.info)
     scene = tmp_path / "scene.tif"
     shutil.copy(scenes[1].image, scene)
-    tasks = inf.plan_tasks([str(scene)], None, det.meta, settings)
+    tasks = tiling.plan_tasks([str(scene)], None, det.info, settings)
     h = file_sha256(tiny_model)
-    keys = [it.key for it in scaleout.infer_items(tasks, h, settings)]
-    assert [it.key for it in scaleout.infer_items(tasks, h, settings)] == keys
+    keys = [it.key for it in inference.infer_items(tasks, h, settings)]
+    assert [it.key for it in inference.infer_items(tasks, h, settings)] == keys
     faster = dataclasses.replace(settings, batch_size=settings.batch_size + 3)
-    assert [it.key for it in scaleout.infer_items(tasks, h, faster)] == keys
+    assert [it.key for it in inference.infer_items(tasks, h, faster)] == keys
     other = dataclasses.replace(settings, threshold=settings.threshold + 0.1)
-    assert not set(it.key for it in scaleout.infer_items(tasks, h, other)) & set(keys)
-    assert not set(it.key for it in scaleout.infer_items(tasks, "0" * 64, settings)) & set(keys)
+    assert not set(it.key for it in inference.infer_items(tasks, h, other)) & set(keys)
+    assert not set(it.key for it in inference.infer_items(tasks, "0" * 64, settings)) & set(keys)
     os.utime(scene, ns=(0, 10**18))  # the scene changed on disk
-    assert not set(it.key for it in scaleout.infer_items(tasks, h, settings)) & set(keys)
+    assert not set(it.key for it in inference.infer_items(tasks, h, settings)) & set(keys)
 
 
 # ------------------------------------------------------------------ issue 14: addresses, paths
@@ -477,21 +486,19 @@ def test_remote_workers_get_absolute_paths(tmp_path, monkeypatch):
     from test_bad_inputs import write_model
 
     from geodetect.geotiff import write_raster
-    from geodetect.scaleout import run_inference
 
-    inf = importlib.import_module("geodetect.inference")
     monkeypatch.chdir(tmp_path)
     write_raster("scene.tif", np.ones((3, 64, 64), np.uint8), grid(64))
-    det = inf.load_detector(write_model(tmp_path / "m.pt"), "cpu")
-    settings = inf.resolve_settings(det.meta)
-    tasks = inf.plan_tasks(["scene.tif"], None, det.meta, settings)
+    det = detection.load_detector(write_model(tmp_path / "m.pt"), "cpu")
+    settings = tiling.resolve_settings(det.info)
+    tasks = tiling.plan_tasks(["scene.tif"], None, det.info, settings)
     sent = []
 
     def fake_execute(items, runner, out, merge, **kw):
         sent.extend(it.payload for it in items)
-        return scaleout.RunResult(Path(out), [], 0, 0)
+        return engine.RunResult(Path(out), [], 0, 0)
 
-    monkeypatch.setattr(scaleout, "execute", fake_execute)
-    run_inference(tasks, det, settings, model="m.pt", out="det.gpkg", client=object())
+    monkeypatch.setattr(inference, "execute", fake_execute)
+    inference.run_inference(tasks, det, settings, model="m.pt", out="det.gpkg", client=object())
     assert sent and all(Path(t.image).is_absolute() for t in sent)
     assert sent[0].image == str(tmp_path / "scene.tif")
