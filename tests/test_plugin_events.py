@@ -151,6 +151,27 @@ def test_samples_run_beside_the_scene(make_napari_viewer, scene, sample_small, q
     assert gaps.max() < 1.0  # the GUI kept running (2 shared cores: a loose bound)
 
 
+def test_samples_can_be_cancelled(make_napari_viewer, scene, sample_small, qtbot) -> None:
+    """Samples ran with neither Cancel button enabled: the Label tab's Cancel kills it."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtTest import QTest
+
+    dock, _ = _dock(make_napari_viewer, scene)
+    assert dock.load_labels(sample_small.labels, ask=False)
+    tab = dock.label_tab
+    assert not tab.cancel_button.isEnabled()
+    job = dock.show_samples()
+    assert job is not None and job.kind == "samples"
+    assert tab.cancel_button.isEnabled() and not tab.samples_button.isEnabled()
+    QTest.mouseClick(tab.cancel_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not dock.busy, timeout=30_000)
+    assert job.error == "samples cancelled" and job.result is None
+    assert job._proc.poll() is not None  # noqa: SLF001 - the child is gone
+    assert dock.message.text() == "samples cancelled" and dock.last_error is None
+    assert not [ly for ly in dock.viewer.layers if ly.name.startswith("samples")]
+    assert tab.samples_button.isEnabled() and not tab.cancel_button.isEnabled()
+
+
 def test_accept_reject_keys_on_a_thousand_detections(make_napari_viewer, scene, qtbot) -> None:
     """Issue 12.13: each a / x took ~1.3 s with 1,300 detections on screen."""
     dock, canvas = _dock(make_napari_viewer, scene)
