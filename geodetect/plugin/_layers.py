@@ -38,6 +38,7 @@ class LabelLayers:
         self._filling: dict[str, Shapes] = {}
         self._from_layer: str | None = None
         self._shown: dict[str, Shapes] = {}
+        self._default_class: str | None = None
         self.layers = {}
         for name in (ll.NEGATIVES, ll.POSITIVES, ll.DETECTIONS):
             self.layers[name] = self._shapes_layer(name)
@@ -96,9 +97,11 @@ class LabelLayers:
                 self._apply(kind, old, getattr(state, kind))
         if changed & {"positives", "classes"}:
             self.layers[ll.HEADINGS].data = self.model.heading_arrows("positives")
-        pos = self.layers[ll.POSITIVES]
-        defaults = {c: np.nan for c in ["heading_deg", *ll.BOX_COLS]}
-        pos.feature_defaults = {"class": self.current_class(), **defaults}
+        cls = self.current_class()
+        if cls != self._default_class:  # napari rebuilds its defaults table on every set
+            self._default_class = cls
+            defaults = {c: np.nan for c in ["heading_deg", *ll.BOX_COLS]}
+            self.layers[ll.POSITIVES].feature_defaults = {"class": cls, **defaults}
 
     def _resync(self, kind: str) -> None:
         new = getattr(self.model.state, kind)
@@ -112,23 +115,28 @@ class LabelLayers:
         layer = self.layers[kind]
         self._quiet = True
         try:
-            layer.selected_data = set()
             gone = _removed(old, new) if old is not None else None
             appended = old is not None and len(new) > len(old)
             if appended and _same(new.data[: len(old)], old.data):
+                _deselect(layer)
                 self._filling[kind] = new
                 self._quiet = False
                 self._fill(kind, new, len(old))
                 return
             elif gone:
-                layer.selected_data = set(gone)
+                layer.selected_data = set(gone)  # one selection event, then one removal
                 layer.remove_selected()
+                if _rows_match(layer.features, new.features):
+                    return  # napari dropped the same feature rows: nothing to rewrite
             elif old is None or not _same(old.data, new.data):
+                _deselect(layer)
                 layer.data = []
                 self._filling[kind] = new
                 self._quiet = False
                 self._fill(kind, new, 0)
                 return
+            else:
+                _deselect(layer)
             layer.features = new.features.reset_index(drop=True)
         finally:
             self._quiet = False
@@ -219,13 +227,26 @@ def _removed(old: Shapes, new: Shapes) -> list[int] | None:
     """Indices of `old` that `new` lacks when `new` is `old` minus some shapes, else None."""
     if len(new) >= len(old):
         return None
-    gone, j = [], 0
-    for i, shape in enumerate(old.data):
-        if j < len(new) and new.data[j] is shape:
-            j += 1
-        else:
-            gone.append(i)
-    return gone if j == len(new) else None
+    kept = {id(s) for s in new.data}
+    gone = [i for i, s in enumerate(old.data) if id(s) not in kept]
+    if len(old) - len(gone) != len(new):
+        return None
+    rest = tuple(s for s in old.data if id(s) in kept)
+    return gone if _same(rest, new.data) else None
+
+
+def _deselect(layer) -> None:
+    if layer.selected_data:
+        layer.selected_data = set()
+
+
+def _rows_match(shown, model) -> bool:
+    """The layer's features are the model's (napari removes the rows of removed shapes)."""
+    if len(shown) != len(model) or list(shown.columns) != list(model.columns):
+        return False
+    if "cx" not in model:
+        return True
+    return np.array_equal(shown["cx"].to_numpy(float), model["cx"].to_numpy(float), equal_nan=True)
 
 
 def _same(a: tuple, b: tuple) -> bool:
