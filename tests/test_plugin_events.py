@@ -202,9 +202,24 @@ def test_accept_reject_keys_on_a_thousand_detections(make_napari_viewer, scene, 
         geometry=[rect(x, y) for x, y in xy],
         crs="EPSG:32633",
     )
-    dock.show_detections(gdf)
-    qtbot.waitUntil(lambda: not dock.busy, timeout=60_000)
+    from qtpy.QtCore import QTimer
+
+    assert dock.ensure_label_layers()
+    qtbot.wait(500)  # the new layers' first draw
     det = dock.layer(ll.DETECTIONS)
+    ticks: list[tuple[float, bool]] = []
+    heartbeat = QTimer()
+    heartbeat.timeout.connect(lambda: ticks.append((time.perf_counter(), det.visible)))
+    heartbeat.start(20)
+    t0 = time.perf_counter()
+    dock.show_detections(gdf)
+    assert dock.busy and not det.visible  # filled hidden: no repaint of every shape per chunk
+    qtbot.waitUntil(lambda: not dock.busy, timeout=60_000)
+    shown_s = time.perf_counter() - t0
+    heartbeat.stop()
+    assert det.visible and len(det.data) == 1000
+    gaps = np.diff([t for t, _ in ticks])
+    print(f"show 1,000: {shown_s:.2f} s, longest GUI gap {gaps.max():.3f} s,", (gaps > 0.2).sum())
     actions: list[str] = []
     det.events.data.connect(lambda e: actions.append(e.action))
     times = []
@@ -222,3 +237,7 @@ def test_accept_reject_keys_on_a_thousand_detections(make_napari_viewer, scene, 
     assert dock.undo()
     qtbot.waitUntil(lambda: not dock.busy, timeout=60_000)
     assert len(det.data) == 995
+    det.visible = False  # the user hid the layer: a refill leaves it hidden
+    dock.show_detections(gdf)
+    qtbot.waitUntil(lambda: not dock.busy, timeout=60_000)
+    assert len(det.data) == 1000 and not det.visible
