@@ -218,6 +218,7 @@ def test_accept_reject_keys_on_a_thousand_detections(make_napari_viewer, scene, 
     shown_s = time.perf_counter() - t0
     heartbeat.stop()
     assert det.visible and len(det.data) == 1000
+    assert det.mode == "select"  # review: napari restored its pre-hide mode, the dock its own
     gaps = np.diff([t for t, _ in ticks])
     print(f"show 1,000: {shown_s:.2f} s, longest GUI gap {gaps.max():.3f} s,", (gaps > 0.2).sum())
     actions: list[str] = []

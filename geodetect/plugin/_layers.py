@@ -22,6 +22,12 @@ STYLE = {
     ll.NEGATIVES: {"face_color": [1, 0, 0, 0.2], "edge_color": "red"},
     ll.DETECTIONS: {"face_color": [0, 0, 0, 0], "edge_color": "cyan"},
 }
+TOOL_LAYER = {  # the layer that takes the mouse under each tool, and its napari mode
+    "negative": (ll.NEGATIVES, "add_polygon"),
+    "edit": (ll.POSITIVES, "select"),
+    "review": (ll.DETECTIONS, "select"),
+    "positive": (ll.POSITIVES, "pan_zoom"),
+}
 CHUNK = 25  # shapes written per event-loop turn (napari triangulates each one)
 ARROWS = {ll.HEADINGS: ("positives", "orange")}
 
@@ -165,7 +171,8 @@ class LabelLayers:
                 layer.edge_colormap = "plasma"
                 layer.edge_contrast_limits = (0.0, 1.0)
             if self._hidden.pop(kind, False):
-                layer.visible = True
+                layer.visible = True  # napari brings back the mode it had when hidden:
+                layer.mode = self._mode(kind)  # the current tool's instead
         finally:
             self._quiet = False
 
@@ -214,16 +221,16 @@ class LabelLayers:
         self.tool = tool
         for name in (ll.POSITIVES, ll.NEGATIVES, ll.DETECTIONS):
             self.layers[name].mode = "pan_zoom"
-        target = {
-            "negative": (ll.NEGATIVES, "add_polygon"),
-            "edit": (ll.POSITIVES, "select"),
-            "review": (ll.DETECTIONS, "select"),
-            "positive": (ll.POSITIVES, "pan_zoom"),
-        }.get(tool)
+        target = TOOL_LAYER.get(tool)
         if target is not None:
             layer = self.layers[target[0]]
             self.viewer.layers.selection.active = layer
             layer.mode = target[1]
+
+    def _mode(self, name: str) -> str:
+        """The mode of label layer `name` under the current tool."""
+        target = TOOL_LAYER.get(self.tool)
+        return target[1] if target is not None and target[0] == name else "pan_zoom"
 
     def bind(self, name: str, key: str, func: Callable[[], object]) -> None:
         self.layers[name].bind_key(key, lambda _layer: func(), overwrite=True)
