@@ -234,7 +234,9 @@ def test_accept_reject_keys_on_a_thousand_detections(make_napari_viewer, scene, 
     assert len(det.data) == 994
     assert dock.label_counts() == {"positives": {"vehicle": 3}, "negatives": 3}
     print("accept/reject per key (s):", [round(x, 3) for x in times])
-    assert np.median(times) < 3.0  # a sanity bound: the shared 2 cores ran at load 10-20
+    # measured on the shared 2 cores: median 0.12 s per key at load 3.5, 0.22-0.43 s at load
+    # 10-15; the bound is ~2x the loaded figure
+    assert np.median(times) < 0.9
     assert dock.undo()
     qtbot.waitUntil(lambda: not dock.busy, timeout=60_000)
     assert len(det.data) == 995

@@ -138,6 +138,8 @@ class LabelLayers:
                     return  # napari dropped the same feature rows: nothing to rewrite
             elif old is None or not _same(old.data, new.data):
                 _deselect(layer)
+                if len(new) > CHUNK:
+                    self._hide(kind)  # before clearing: a hidden layer is not redrawn
                 layer.data = []
                 self._filling[kind] = new
                 self._quiet = False
@@ -155,26 +157,40 @@ class LabelLayers:
         layer = self.layers[kind]
         self._quiet = True
         try:
-            if start + CHUNK < len(new) and kind not in self._hidden:
-                # Hidden while it fills: napari then skips redrawing every shape after each
-                # chunk (a repaint per chunk made each turn ~0.4 s with 1,000 detections).
-                self._hidden[kind] = layer.visible
-                layer.visible = False
+            if start + CHUNK < len(new):
+                self._hide(kind)
             layer.add_polygons(list(new.data[start : start + CHUNK]))
             if start + CHUNK < len(new):
                 QTimer.singleShot(0, lambda: self._fill(kind, new, start + CHUNK))
                 return
-            del self._filling[kind]
             layer.features = new.features.reset_index(drop=True)
             if kind == "detections" and len(new):
                 layer.edge_color = "score"
                 layer.edge_colormap = "plasma"
                 layer.edge_contrast_limits = (0.0, 1.0)
-            if self._hidden.pop(kind, False):
-                layer.visible = True  # napari brings back the mode it had when hidden:
-                layer.mode = self._mode(kind)  # the current tool's instead
         finally:
             self._quiet = False
+        if kind in self._hidden:  # drawn in a turn of its own
+            QTimer.singleShot(0, lambda: self._unhide(kind, new))
+        else:
+            del self._filling[kind]
+
+    def _hide(self, kind: str) -> None:
+        """Hidden while it fills: napari then skips redrawing every shape after each chunk
+        (a repaint per chunk made each turn ~0.4 s with 1,000 detections)."""
+        if kind not in self._hidden:
+            layer = self.layers[kind]
+            self._hidden[kind] = layer.visible
+            layer.visible = False
+
+    def _unhide(self, kind: str, new: Shapes) -> None:
+        if self._filling.get(kind) is not new:
+            return  # superseded: the newer fill shows the layer
+        del self._filling[kind]
+        if self._hidden.pop(kind):
+            layer = self.layers[kind]
+            layer.visible = True  # napari brings back the mode it had when hidden:
+            layer.mode = self._mode(kind)  # the current tool's instead
 
     @property
     def busy(self) -> bool:
