@@ -151,6 +151,27 @@ def test_samples_run_beside_the_scene(make_napari_viewer, scene, sample_small, q
     assert gaps.max() < 1.0  # the GUI kept running (2 shared cores: a loose bound)
 
 
+def test_samples_can_be_cancelled(make_napari_viewer, scene, sample_small, qtbot) -> None:
+    """Samples ran with neither Cancel button enabled: the Label tab's Cancel kills it."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtTest import QTest
+
+    dock, _ = _dock(make_napari_viewer, scene)
+    assert dock.load_labels(sample_small.labels, ask=False)
+    tab = dock.label_tab
+    assert not tab.cancel_button.isEnabled()
+    job = dock.show_samples()
+    assert job is not None and job.kind == "samples"
+    assert tab.cancel_button.isEnabled() and not tab.samples_button.isEnabled()
+    QTest.mouseClick(tab.cancel_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not dock.busy, timeout=30_000)
+    assert job.error == "samples cancelled" and job.result is None
+    assert job._proc.poll() is not None  # noqa: SLF001 - the child is gone
+    assert dock.message.text() == "samples cancelled" and dock.last_error is None
+    assert not [ly for ly in dock.viewer.layers if ly.name.startswith("samples")]
+    assert tab.samples_button.isEnabled() and not tab.cancel_button.isEnabled()
+
+
 def test_accept_reject_keys_on_a_thousand_detections(make_napari_viewer, scene, qtbot) -> None:
     """Issue 12.13: each a / x took ~1.3 s with 1,300 detections on screen."""
     dock, canvas = _dock(make_napari_viewer, scene)
@@ -181,9 +202,25 @@ def test_accept_reject_keys_on_a_thousand_detections(make_napari_viewer, scene, 
         geometry=[rect(x, y) for x, y in xy],
         crs="EPSG:32633",
     )
-    dock.show_detections(gdf)
-    qtbot.waitUntil(lambda: not dock.busy, timeout=60_000)
+    from qtpy.QtCore import QTimer
+
+    assert dock.ensure_label_layers()
+    qtbot.wait(500)  # the new layers' first draw
     det = dock.layer(ll.DETECTIONS)
+    ticks: list[tuple[float, bool]] = []
+    heartbeat = QTimer()
+    heartbeat.timeout.connect(lambda: ticks.append((time.perf_counter(), det.visible)))
+    heartbeat.start(20)
+    t0 = time.perf_counter()
+    dock.show_detections(gdf)
+    assert dock.busy and not det.visible  # filled hidden: no repaint of every shape per chunk
+    qtbot.waitUntil(lambda: not dock.busy, timeout=60_000)
+    shown_s = time.perf_counter() - t0
+    heartbeat.stop()
+    assert det.visible and len(det.data) == 1000
+    assert det.mode == "select"  # review: napari restored its pre-hide mode, the dock its own
+    gaps = np.diff([t for t, _ in ticks])
+    print(f"show 1,000: {shown_s:.2f} s, longest GUI gap {gaps.max():.3f} s,", (gaps > 0.2).sum())
     actions: list[str] = []
     det.events.data.connect(lambda e: actions.append(e.action))
     times = []
@@ -197,7 +234,13 @@ def test_accept_reject_keys_on_a_thousand_detections(make_napari_viewer, scene, 
     assert len(det.data) == 994
     assert dock.label_counts() == {"positives": {"vehicle": 3}, "negatives": 3}
     print("accept/reject per key (s):", [round(x, 3) for x in times])
-    assert np.median(times) < 3.0  # a sanity bound: the shared 2 cores ran at load 10-20
+    # measured on the shared 2 cores: median 0.12 s per key at load 3.5, 0.22-0.43 s at load
+    # 10-15; the bound is ~2x the loaded figure
+    assert np.median(times) < 0.9
     assert dock.undo()
     qtbot.waitUntil(lambda: not dock.busy, timeout=60_000)
     assert len(det.data) == 995
+    det.visible = False  # the user hid the layer: a refill leaves it hidden
+    dock.show_detections(gdf)
+    qtbot.waitUntil(lambda: not dock.busy, timeout=60_000)
+    assert len(det.data) == 1000 and not det.visible

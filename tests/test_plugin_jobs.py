@@ -172,6 +172,109 @@ def test_detect_job_is_the_cli_in_the_scene_crs(gui_side_run, sample_small, tmp_
     assert (part.geometry.centroid.x < mid).all()
 
 
+_FRESH_NAPARI = """
+import json, sys, time
+
+seen = []
+
+
+class _Watch:  # every attempt to import torch in this process, found or not
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "torch":
+            seen.append(name)
+        return None
+
+
+sys.meta_path.insert(0, _Watch())
+import napari
+import numpy as np
+from qtpy.QtWidgets import QApplication
+
+p = json.loads(sys.argv[1])
+viewer = napari.Viewer(show=True)
+app = QApplication.instance()
+viewer.open(p["image"], plugin="geodetect")
+scene = viewer.screenshot(canvas_only=True)  # draws the scene with GL (Mesa under xvfb)
+from vispy.gloo import gl
+
+renderer = gl.glGetParameter(gl.GL_RENDERER)
+from geodetect.plugin._dock import GeodetectWidget
+
+dock = GeodetectWidget(viewer)
+viewer.window.add_dock_widget(dock, name="geodetect")
+assert dock.load_labels(p["labels"], ask=False), dock.last_error
+tab = dock.train_tab
+tab.config.setText(p["config"])
+tab.epochs.setValue(1)
+tab.out.setText(p["out"])
+
+
+def wait():
+    t0 = time.monotonic()
+    while dock.busy:
+        app.processEvents()
+        time.sleep(0.01)
+        assert time.monotonic() - t0 < 400, "job still running"
+    assert dock.last_error is None, dock.last_error
+
+
+tab.train_button.click()
+assert dock.job is not None and dock.job.kind == "train"
+wait()
+dock.detect_tab.threshold.setValue(0.0)
+dock.detect_tab.scene_button.click()
+wait()
+shown = viewer.screenshot(canvas_only=True)  # and draws the detections
+print(json.dumps({
+    "model": str(dock.model_path),
+    "detections": len(dock.layer("detections").data),
+    "renderer": str(renderer),
+    "scene_drawn": bool(scene.std() > 0 and shown.std() > 0),
+    "torch_imports": seen,
+    "torch_loaded": [m for m in sys.modules if m.split(".")[0] == "torch"],
+}))
+viewer.close()
+"""
+
+
+@pytest.mark.gui
+def test_napari_with_a_gl_context_trains_and_detects_without_torch(
+    sample_small, tmp_path: Path
+) -> None:
+    """Issue 12.1/12.2 end to end: a fresh python opens a napari window that draws with GL,
+    builds the dock, trains (tiny) and detects through the dock's jobs, and exits 0 with
+    torch never imported (the in-process loop test cannot see that when an earlier test
+    module imported torch)."""
+    import os
+
+    (tmp_path / "tiny.yaml").write_text(
+        "train: {epochs: 1, chips_per_epoch: 16, batch_size: 4}\n"
+        "data: {chip_size: 64}\nmodel: {width: 8}\n"
+    )
+    params = {
+        "image": str(sample_small.image),
+        "labels": str(sample_small.labels),
+        "config": str(tmp_path / "tiny.yaml"),
+        "out": str(tmp_path / "models"),
+    }
+    assert os.environ.get("DISPLAY"), "run under xvfb-run: napari needs a GL context"
+    env = {**os.environ, "QT_QPA_PLATFORM": "xcb"}  # a real window, never `offscreen`
+    run = subprocess.run(
+        [sys.executable, "-c", _FRESH_NAPARI, json.dumps(params)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    print("fresh napari:", {k: got[k] for k in ("renderer", "detections")})
+    assert got["scene_drawn"] and got["renderer"]
+    assert got["torch_imports"] == [] and got["torch_loaded"] == []
+    assert Path(got["model"]) == tmp_path / "models" / "run-001" / "model.pt"
+    assert Path(got["model"]).is_file() and got["detections"] > 0
+
+
 @pytest.mark.parametrize("kind", ["nope"])
 def test_unknown_kind_is_refused(kind: str) -> None:
     with pytest.raises(ValueError):

@@ -25,6 +25,7 @@ from qtpy.QtTest import QTest
 
 from geodetect.plugin import _coords as co
 from geodetect.plugin import _label_layer as ll
+from geodetect.plugin._dock import AUTOSAVE_DELAY_MS
 from geodetect.plugin._model import autosave_path
 
 pytestmark = pytest.mark.gui
@@ -56,6 +57,29 @@ def _labels(path: Path) -> dict:
     }
 
 
+def _iou(a, b) -> float:
+    return a.intersection(b).area / a.union(b).area
+
+
+def _box_polygon(f) -> shapely.Polygon:
+    """The rectangle of a feature row (map frame: length along `angle`, clockwise from
+    north), written out independently of the plugin's converters."""
+    t = math.radians(f["angle"])
+    a = np.array([math.sin(t), math.cos(t)]) * f["length"] / 2
+    r = np.array([math.cos(t), -math.sin(t)]) * f["width"] / 2
+    c = np.array([f["cx"], f["cy"]])
+    return shapely.Polygon([c + a - r, c + a + r, c - a + r, c - a - r])
+
+
+def _no_duplicates(path: Path) -> None:
+    """No two positives in the file are one object (rotated IoU >= 0.5)."""
+    pos = gpd.read_file(path)
+    pos = list(pos[pos["label"] == "positive"].geometry)
+    for i, a in enumerate(pos):
+        for b in pos[i + 1 :]:
+            assert _iou(a, b) < 0.5, "an accepted detection was duplicated, not merged"
+
+
 def test_label_train_detect_review_loop(make_napari_viewer, sample_small, tmp_path, qtbot) -> None:
     from geodetect.plugin._dock import GeodetectWidget
 
@@ -75,6 +99,7 @@ def test_label_train_detect_review_loop(make_napari_viewer, sample_small, tmp_pa
     viewer.reset_view()
     qtbot.wait(100)
     canvas = Canvas(viewer)
+    side = autosave_path(image)
     ticks: list[tuple[float, int]] = []  # (time, which job) while a job or layer fill runs
     heartbeat = QTimer()
     heartbeat.timeout.connect(
@@ -88,6 +113,40 @@ def test_label_train_detect_review_loop(make_napari_viewer, sample_small, tmp_pa
 
     def world(xy):
         return co.map_to_world(np.asarray(xy, float).reshape(-1, 2), True)
+
+    def saved(expected: dict) -> None:
+        """The autosave file holds exactly `expected` once the autosave delay has passed."""
+        qtbot.wait(AUTOSAVE_DELAY_MS + 300)
+        qtbot.waitUntil(lambda: not dock._autosave.isActive(), timeout=5000)  # noqa: SLF001
+        assert dock.autosave_error is None, dock.autosave_error
+        assert _labels(side) == expected
+        _no_duplicates(side)
+
+    def accept_best() -> tuple[int, str]:
+        """`a` on the detection that best overlaps a positive in the file: the file then
+        holds the positives `accept_expected` says (merged when IoU >= 0.5, else added)."""
+        feats = dock.model.state.detections.features
+        gdf = gpd.read_file(side)
+        have = list(gdf[gdf["label"] == "positive"].geometry)
+        boxes = [_box_polygon(feats.iloc[k]) for k in range(len(feats))]
+        best = max(range(len(boxes)), key=lambda k: max(_iou(boxes[k], h) for h in have))
+        det.selected_data = {best}
+        expected = accept_expected([best])
+        canvas.key("a")
+        saved({"positive": expected, "negative": n_neg})
+        return expected, "merged" if expected == len(have) else "added"
+
+    def accept_expected(sel: list[int]) -> int:
+        """Positives after accepting detections `sel`: one overlapping a positive in the
+        file (IoU >= 0.5, shapely) merges into it, any other adds one."""
+        gdf = gpd.read_file(side)
+        have = list(gdf[gdf["label"] == "positive"].geometry)
+        feats = dock.model.state.detections.features
+        for k in sel:
+            box = _box_polygon(feats.iloc[k])
+            if not any(_iou(box, h) >= 0.5 for h in have):
+                have.append(box)
+        return len(have)
 
     # ---- label: positives by dragging back -> front on true objects, one negative
     truth = gpd.read_file(sample_small.truth)
@@ -112,7 +171,6 @@ def test_label_train_detect_review_loop(make_napari_viewer, sample_small, tmp_pa
     _click_button(dock.label_tab.tool_buttons["negative"])
     canvas.polygon(world(np.asarray(empty.exterior.coords)[:4]))
     _click_button(dock.label_tab.tool_buttons["pan"])
-    side = autosave_path(image)
     qtbot.waitUntil(
         lambda: side.is_file() and _labels(side) == {"positive": 5, "negative": 1}, timeout=5000
     )
@@ -138,10 +196,15 @@ def test_label_train_detect_review_loop(make_napari_viewer, sample_small, tmp_pa
     first = dock.model_path
     assert first == tmp_path / "models" / "run-001" / "model.pt" and first.is_file()
     assert _labels(first.parent / "labels.gpkg") == {"positive": 5, "negative": 1}
+    saved({"positive": 5, "negative": 1})
     assert "loss" in dock.train_tab.loss.text()
     viewer.screenshot(str(shots / "napari_train.png"), canvas_only=False)
 
-    # ---- detect in scene, then in view
+    # ---- detect in scene (zoomed in on a corner, for the review and Detect in view)
+    r0, c0 = viewer.layers["scene"].translate
+    viewer.camera.center = (r0 + 30, c0 + 30)
+    viewer.camera.zoom *= 3
+    qtbot.wait(300)
     dock.tabs.setCurrentIndex(2)
     dock.detect_tab.threshold.setValue(0.0)
     _click_button(dock.detect_tab.scene_button)
@@ -149,13 +212,7 @@ def test_label_train_detect_review_loop(make_napari_viewer, sample_small, tmp_pa
     det = dock.layer(ll.DETECTIONS)
     n_scene = len(det.data)
     assert n_scene > 0 and det.mode == "select"
-    r0, c0 = viewer.layers["scene"].translate
-    viewer.camera.center = (r0 + 30, c0 + 30)
-    viewer.camera.zoom *= 3
-    qtbot.wait(300)
-    _click_button(dock.detect_tab.view_button)
-    wait_job()
-    assert 0 < len(det.data) <= n_scene
+    saved({"positive": 5, "negative": 1})  # detections are not labels
 
     # ---- review: click a detection, a; click another, x (keys on the canvas)
     feats = dock.model.state.detections.features
@@ -174,18 +231,33 @@ def test_label_train_detect_review_loop(make_napari_viewer, sample_small, tmp_pa
         target = world([[feats["cx"][k], feats["cy"][k]]])[0]
         det.selected_data = set()
         canvas.click(target)
-        assert det.selected_data, "a click on a detection selects it"
+        sel = sorted(det.selected_data)
+        assert sel, "a click on a detection selects it"
+        box = _box_polygon(feats.iloc[sel[0]])
         before = len(det.data)
+        expected_pos = accept_expected(sel) if key == "a" else n_pos
         canvas.key(key)
-        assert len(det.data) == before - len(det.selected_data or [0]) or len(det.data) < before
-        n_pos += key == "a"
-        n_neg += key == "x"
+        assert len(det.data) == before - len(sel)
+        n_pos, n_neg = expected_pos, n_neg + (len(sel) if key == "x" else 0)
+        saved({"positive": n_pos, "negative": n_neg})
+        gdf = gpd.read_file(side)
+        kind = "positive" if key == "a" else "negative"
+        # the reviewed box is in the file: as a new positive, the positive it merged into, or
+        # a hard negative
+        assert max(_iou(box, g) for g in gdf[gdf["label"] == kind].geometry) > 0.5
         feats = dock.model.state.detections.features
-        visible = [v - (v > k) for v in visible]
+        visible = [v - sum(v > s for s in sel) for v in visible if v not in sel]
     counts = dock.label_counts()
-    assert sum(counts["positives"].values()) >= 5 and counts["negatives"] == n_neg
-    dock.autosave()
-    assert _labels(side)["negative"] == n_neg
+    assert sum(counts["positives"].values()) == n_pos and counts["negatives"] == n_neg
+
+    # ---- detect in view: the same model finds the accepted object again; accepting that
+    # detection merges it into its positive (file unchanged) instead of duplicating it
+    _click_button(dock.detect_tab.view_button)
+    wait_job()
+    assert 0 < len(det.data) <= n_scene
+    saved({"positive": n_pos, "negative": n_neg})
+    n_pos, merged = accept_best()
+    print(f"loop: accepting the view's detection of a labelled object {merged}")
     viewer.screenshot(str(shots / "napari_detect.png"), canvas_only=False)
 
     # ---- retrain (a new run folder, warm-started from `first`: train --init), detect
@@ -195,14 +267,21 @@ def test_label_train_detect_review_loop(make_napari_viewer, sample_small, tmp_pa
     assert dock.model_path == tmp_path / "models" / "run-002" / "model.pt"
     metrics = json.loads((dock.model_path.parent / "metrics.json").read_text())
     assert metrics["init"] == str(first)
-    assert _labels(dock.model_path.parent / "labels.gpkg") == _labels(side)
+    assert _labels(dock.model_path.parent / "labels.gpkg") == {"positive": n_pos, "negative": n_neg}
+    saved({"positive": n_pos, "negative": n_neg})
     dock.tabs.setCurrentIndex(2)
+    n_left = len(det.data)
     _click_button(dock.detect_tab.scene_button)
     wait_job()
     assert len(dock.layer(ll.DETECTIONS).data) > 0
+    saved({"positive": n_pos, "negative": n_neg})
+    after, merged = accept_best()
+    print(f"loop: final accept {merged}")
+    dock.undo()  # the accept
     dock.undo()  # the previous detections come back
     qtbot.waitUntil(lambda: not dock.busy, timeout=60_000)
-    assert len(dock.layer(ll.DETECTIONS).data) == len(det.data)
+    assert len(dock.layer(ll.DETECTIONS).data) == n_left
+    saved({"positive": n_pos, "negative": n_neg})
 
     heartbeat.stop()
     t, job = np.array(ticks).T

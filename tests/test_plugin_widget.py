@@ -267,3 +267,53 @@ def test_writer_and_sample_data(tmp_path: Path, make_napari_viewer) -> None:
     assert (gdf["label"] == "negative").sum() == len(neg.data)
     assert write_labels(str(tmp_path / "none.gpkg"), []) == []
     assert isinstance(pd.DataFrame(pos.features), pd.DataFrame)
+
+
+def test_save_never_writes_over_the_scene_or_cloud(dock, scene, tmp_path: Path) -> None:
+    """Save… wrote wherever it was pointed, the scene itself included: now a one-line message
+    in the dock and the input untouched."""
+    dock.viewer.open(str(scene.cloud), plugin="geodetect")
+    dock.add_positive(*_world(dock, [[20.0, 20.0], [20.0, 40.0]]), cls="vehicle")
+    for target in (scene.image, scene.cloud):
+        before = target.read_bytes()
+        assert dock.save_labels(target) is None
+        assert "would overwrite the input" in dock.last_error and "\n" not in dock.last_error
+        assert dock.message.text().startswith("⚠ save ") and target.read_bytes() == before
+    assert dock.save_labels(tmp_path / "fine.gpkg") == tmp_path / "fine.gpkg"
+
+
+def test_writer_says_why_it_wrote_nothing(dock, scene, caplog) -> None:
+    """The npe2 writer returns [] (npe2's "nothing written"), never silently: it logs why."""
+    from geodetect.plugin._writer import write_labels
+
+    dock.add_positive(*_world(dock, [[20.0, 20.0], [20.0, 40.0]]), cls="vehicle")
+    layers = [dock.layer(n).as_layer_data_tuple() for n in (ll.POSITIVES, ll.NEGATIVES)]
+    before = scene.image.read_bytes()
+    with caplog.at_level("WARNING", logger="geodetect.plugin._writer"):
+        assert write_labels(str(scene.image), layers) == []
+        assert write_labels(str(scene.image.with_name("x.gpkg")), []) == []
+    assert scene.image.read_bytes() == before
+    said = [r.getMessage() for r in caplog.records]
+    assert any("would overwrite the input" in m for m in said), said
+    assert any("no geodetect positives / negatives layer" in m for m in said), said
+
+
+def test_the_qt_binding_is_qt6(make_napari_viewer) -> None:
+    """Issue 12.14: PyQt5 is deprecated by napari 0.9; the `gui` extra and the binding napari
+    runs on are Qt6."""
+    import sys
+    from importlib.metadata import requires
+
+    import qtpy
+    from qtpy.QtCore import qVersion
+    from qtpy.QtWidgets import QApplication
+
+    make_napari_viewer()
+    assert qtpy.API_NAME in ("PyQt6", "PySide6")
+    assert qVersion().startswith("6.")
+    bindings = {c.__module__.split(".")[0] for c in type(QApplication.instance()).__mro__}
+    assert bindings & {"PyQt6", "PySide6"} and not bindings & {"PyQt5", "PySide2"}
+    assert "PyQt5" not in sys.modules and "PySide2" not in sys.modules
+    gui = [r for r in requires("geodetect") if 'extra == "gui"' in r]
+    assert any(r.startswith(("PyQt6", "PySide6")) for r in gui), gui
+    assert not any(r.startswith(("PyQt5", "PySide2")) for r in gui), gui

@@ -278,8 +278,18 @@ class GeodetectWidget(QWidget):
 
     # ---------------------------------------------------------------------- files
 
+    def input_paths(self) -> list[str]:
+        """The files open in the viewer through the reader: scenes and clouds (never written)."""
+        metas = [ly.metadata.get(KEY, {}) for ly in self.viewer.layers]
+        paths = [m.get("path") for m in metas] + [m.get("cloud") for m in metas]
+        if self.model is not None:
+            paths.append(self.model.frame.scene_path)
+        return list(dict.fromkeys(str(p) for p in paths if p))
+
     def save_labels(self, path: str | Path | None = None) -> Path | None:
-        """Write the label file (format by extension, atomically, in the scene's CRS)."""
+        """Write the label file (format by extension, atomically, in the scene's CRS); never
+        over the scene or a cloud (the error shows in the dock)."""
+        from geodetect.atomic import check_not_input
         from geodetect.labels import write_vector
 
         if not self.ensure_label_layers():
@@ -290,6 +300,7 @@ class GeodetectWidget(QWidget):
             if not path:
                 return None
         try:
+            check_not_input(path, self.input_paths(), "save")
             out = Path(write_vector(self.model.labels_frame(), path))
         except FILE_ERRORS as exc:
             self.say(str(exc), error=True)

@@ -97,12 +97,21 @@ class LabelTab(QWidget):
         row = QHBoxLayout()
         self.save_button, self.load_button = QPushButton("Save…"), QPushButton("Load…")
         self.samples_button = QPushButton("Samples")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("stop making samples (kills the samples process)")
+        self.cancel_button.setEnabled(False)
         self.save_button.clicked.connect(lambda: dock.save_labels())
         self.load_button.clicked.connect(lambda: dock.load_labels())
         self.samples_button.clicked.connect(lambda: dock.show_samples())
-        for x in (self.save_button, self.load_button, self.samples_button):
+        self.cancel_button.clicked.connect(lambda: dock.cancel_job())
+        for x in (self.save_button, self.load_button, self.samples_button, self.cancel_button):
             row.addWidget(x)
         form.addRow(row)
+
+    def running(self, on: bool) -> None:
+        """A samples job runs: Samples off, its Cancel on."""
+        self.samples_button.setEnabled(not on)
+        self.cancel_button.setEnabled(on)
 
     def show_tool(self, tool: str) -> None:
         self.tool_buttons[tool].setChecked(True)

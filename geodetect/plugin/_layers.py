@@ -22,6 +22,12 @@ STYLE = {
     ll.NEGATIVES: {"face_color": [1, 0, 0, 0.2], "edge_color": "red"},
     ll.DETECTIONS: {"face_color": [0, 0, 0, 0], "edge_color": "cyan"},
 }
+TOOL_LAYER = {  # the layer that takes the mouse under each tool, and its napari mode
+    "negative": (ll.NEGATIVES, "add_polygon"),
+    "edit": (ll.POSITIVES, "select"),
+    "review": (ll.DETECTIONS, "select"),
+    "positive": (ll.POSITIVES, "pan_zoom"),
+}
 CHUNK = 25  # shapes written per event-loop turn (napari triangulates each one)
 ARROWS = {ll.HEADINGS: ("positives", "orange")}
 
@@ -36,8 +42,10 @@ class LabelLayers:
         self.tool = "pan"
         self._quiet = False
         self._filling: dict[str, Shapes] = {}
+        self._hidden: dict[str, bool] = {}  # layers hidden while filling: were they visible
         self._from_layer: str | None = None
         self._shown: dict[str, Shapes] = {}
+        self._default_class: str | None = None
         self.layers = {}
         for name in (ll.NEGATIVES, ll.POSITIVES, ll.DETECTIONS):
             self.layers[name] = self._shapes_layer(name)
@@ -96,9 +104,11 @@ class LabelLayers:
                 self._apply(kind, old, getattr(state, kind))
         if changed & {"positives", "classes"}:
             self.layers[ll.HEADINGS].data = self.model.heading_arrows("positives")
-        pos = self.layers[ll.POSITIVES]
-        defaults = {c: np.nan for c in ["heading_deg", *ll.BOX_COLS]}
-        pos.feature_defaults = {"class": self.current_class(), **defaults}
+        cls = self.current_class()
+        if cls != self._default_class:  # napari rebuilds its defaults table on every set
+            self._default_class = cls
+            defaults = {c: np.nan for c in ["heading_deg", *ll.BOX_COLS]}
+            self.layers[ll.POSITIVES].feature_defaults = {"class": cls, **defaults}
 
     def _resync(self, kind: str) -> None:
         new = getattr(self.model.state, kind)
@@ -108,27 +118,35 @@ class LabelLayers:
 
     def _apply(self, kind: str, old: Shapes | None, new: Shapes) -> None:
         """Write `new` into the layer, by appending or removing shapes when that is the edit;
-        a whole new set goes in CHUNK shapes per event-loop turn, so the GUI never stalls."""
+        a whole new set goes in CHUNK shapes per event-loop turn into the hidden layer, so the GUI
+        never waits for more than one chunk and draws the set once, when it is complete."""
         layer = self.layers[kind]
         self._quiet = True
         try:
-            layer.selected_data = set()
             gone = _removed(old, new) if old is not None else None
             appended = old is not None and len(new) > len(old)
             if appended and _same(new.data[: len(old)], old.data):
+                _deselect(layer)
                 self._filling[kind] = new
                 self._quiet = False
                 self._fill(kind, new, len(old))
                 return
             elif gone:
-                layer.selected_data = set(gone)
+                layer.selected_data = set(gone)  # one selection event, then one removal
                 layer.remove_selected()
+                if _rows_match(layer.features, new.features):
+                    return  # napari dropped the same feature rows: nothing to rewrite
             elif old is None or not _same(old.data, new.data):
+                _deselect(layer)
+                if len(new) > CHUNK:
+                    self._hide(kind)  # before clearing: a hidden layer is not redrawn
                 layer.data = []
                 self._filling[kind] = new
                 self._quiet = False
                 self._fill(kind, new, 0)
                 return
+            else:
+                _deselect(layer)
             layer.features = new.features.reset_index(drop=True)
         finally:
             self._quiet = False
@@ -139,11 +157,12 @@ class LabelLayers:
         layer = self.layers[kind]
         self._quiet = True
         try:
+            if start + CHUNK < len(new):
+                self._hide(kind)
             layer.add_polygons(list(new.data[start : start + CHUNK]))
             if start + CHUNK < len(new):
                 QTimer.singleShot(0, lambda: self._fill(kind, new, start + CHUNK))
                 return
-            del self._filling[kind]
             layer.features = new.features.reset_index(drop=True)
             if kind == "detections" and len(new):
                 layer.edge_color = "score"
@@ -151,6 +170,27 @@ class LabelLayers:
                 layer.edge_contrast_limits = (0.0, 1.0)
         finally:
             self._quiet = False
+        if kind in self._hidden:  # drawn in a turn of its own
+            QTimer.singleShot(0, lambda: self._unhide(kind, new))
+        else:
+            del self._filling[kind]
+
+    def _hide(self, kind: str) -> None:
+        """Hidden while it fills: napari then skips redrawing every shape after each chunk
+        (a repaint per chunk made each turn ~0.4 s with 1,000 detections)."""
+        if kind not in self._hidden:
+            layer = self.layers[kind]
+            self._hidden[kind] = layer.visible
+            layer.visible = False
+
+    def _unhide(self, kind: str, new: Shapes) -> None:
+        if self._filling.get(kind) is not new:
+            return  # superseded: the newer fill shows the layer
+        del self._filling[kind]
+        if self._hidden.pop(kind):
+            layer = self.layers[kind]
+            layer.visible = True  # napari brings back the mode it had when hidden:
+            layer.mode = self._mode(kind)  # the current tool's instead
 
     @property
     def busy(self) -> bool:
@@ -197,16 +237,16 @@ class LabelLayers:
         self.tool = tool
         for name in (ll.POSITIVES, ll.NEGATIVES, ll.DETECTIONS):
             self.layers[name].mode = "pan_zoom"
-        target = {
-            "negative": (ll.NEGATIVES, "add_polygon"),
-            "edit": (ll.POSITIVES, "select"),
-            "review": (ll.DETECTIONS, "select"),
-            "positive": (ll.POSITIVES, "pan_zoom"),
-        }.get(tool)
+        target = TOOL_LAYER.get(tool)
         if target is not None:
             layer = self.layers[target[0]]
             self.viewer.layers.selection.active = layer
             layer.mode = target[1]
+
+    def _mode(self, name: str) -> str:
+        """The mode of label layer `name` under the current tool."""
+        target = TOOL_LAYER.get(self.tool)
+        return target[1] if target is not None and target[0] == name else "pan_zoom"
 
     def bind(self, name: str, key: str, func: Callable[[], object]) -> None:
         self.layers[name].bind_key(key, lambda _layer: func(), overwrite=True)
@@ -219,13 +259,26 @@ def _removed(old: Shapes, new: Shapes) -> list[int] | None:
     """Indices of `old` that `new` lacks when `new` is `old` minus some shapes, else None."""
     if len(new) >= len(old):
         return None
-    gone, j = [], 0
-    for i, shape in enumerate(old.data):
-        if j < len(new) and new.data[j] is shape:
-            j += 1
-        else:
-            gone.append(i)
-    return gone if j == len(new) else None
+    kept = {id(s) for s in new.data}
+    gone = [i for i, s in enumerate(old.data) if id(s) not in kept]
+    if len(old) - len(gone) != len(new):
+        return None
+    rest = tuple(s for s in old.data if id(s) in kept)
+    return gone if _same(rest, new.data) else None
+
+
+def _deselect(layer) -> None:
+    if layer.selected_data:
+        layer.selected_data = set()
+
+
+def _rows_match(shown, model) -> bool:
+    """The layer's features are the model's (napari removes the rows of removed shapes)."""
+    if len(shown) != len(model) or list(shown.columns) != list(model.columns):
+        return False
+    if "cx" not in model:
+        return True
+    return np.array_equal(shown["cx"].to_numpy(float), model["cx"].to_numpy(float), equal_nan=True)
 
 
 def _same(a: tuple, b: tuple) -> bool:

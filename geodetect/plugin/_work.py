@@ -63,8 +63,7 @@ class Work(QObject):
             self.dock.say(f"{kind} could not start: {exc}", error=True)
             return None
         self._on_job_result = on_result
-        self.dock.train_tab.running(kind == "train")
-        self.dock.detect_tab.running(kind == "detect")
+        self._show_running(kind)
         self.dock.say(label)
         self._poll.start()
         return self.job
@@ -80,8 +79,7 @@ class Work(QObject):
             return
         self._poll.stop()
         self.job = None
-        self.dock.train_tab.running(False)
-        self.dock.detect_tab.running(False)
+        self._show_running(None)
         if job.error is not None:
             self.dock.say(
                 f"{job.kind} failed: {job.error}" if "cancel" not in job.error else job.error,
@@ -92,6 +90,12 @@ class Work(QObject):
             self._on_job_result(job.result)
         except FILE_ERRORS as exc:
             self.dock.say(f"{job.kind}: {exc}", error=True)
+
+    def _show_running(self, kind: str | None) -> None:
+        """The running job's tab gets an enabled Cancel (samples: the Label tab's)."""
+        self.dock.label_tab.running(kind == "samples")
+        self.dock.train_tab.running(kind == "train")
+        self.dock.detect_tab.running(kind == "detect")
 
     def cancel_job(self) -> None:
         if self.job is not None:

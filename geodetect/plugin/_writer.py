@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 
 from geodetect.errors import GeodetectError
 from geodetect.plugin import _label_layer as ll
 from geodetect.plugin._coords import KEY
+
+log = logging.getLogger(__name__)
 
 
 def _frame_of(info: dict) -> ll.LabelFrame:
@@ -56,18 +60,33 @@ def layers_frame(layers) -> object:
 
 
 def write_labels(path: str, layer_data: list[tuple]) -> list[str]:
-    """Write the plugin's label layers to `path` (format by extension); [] when there are none."""
+    """Write the plugin's label layers to `path` (format by extension).
+
+    npe2 takes [] as "nothing written"; why is logged and shown as a napari warning (never
+    over the scene or cloud the labels were drawn on)."""
     from geodetect.atomic import check_not_input
     from geodetect.labels import write_vector
 
     try:
         gdf = frame_from_layer_data(layer_data)
         if gdf is None:
+            _warn(f"{path}: nothing written: no geodetect positives / negatives layer chosen")
             return []
         check_not_input(path, _scene_paths(layer_data), "save")  # never over the scene itself
         return [str(write_vector(gdf, path))]
-    except (GeodetectError, OSError, ValueError):
+    except (GeodetectError, OSError, ValueError) as exc:
+        _warn(f"labels not written: {exc}")
         return []
+
+
+def _warn(text: str) -> None:
+    """Log, and show in napari's notifications when napari runs."""
+    log.warning(text)
+    try:
+        from napari.utils.notifications import show_warning
+    except ImportError:  # the writer called without napari
+        return
+    show_warning(text)
 
 
 def _scene_paths(layer_data: list[tuple]) -> list[str]:
