@@ -170,6 +170,21 @@ def test_missing_or_unsupported_remote_cloud(served, tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
+def test_napari_routes_urls_with_a_query_to_the_reader():
+    """npe2 matches reader patterns against the whole string: a presigned URL's `?query`
+    must still reach geodetect's reader (the manifest's `*.tif[?]*` patterns)."""
+    npe2 = pytest.importorskip("npe2")
+    pm = npe2.PluginManager.instance()
+    pm.discover()
+
+    def readers(path: str) -> list[str]:
+        return [r.command for r in pm.iter_compatible_readers([path])]
+
+    for url in ("https://h/a.tif?X-Amz-Signature=1", "https://h/c.laz?sig=2", "/vsicurl/h/a.tif"):
+        assert "geodetect.get_reader" in readers(url), url
+    assert "geodetect.get_reader" not in readers("https://h/a.png?x=1")
+
+
 def test_plugin_reader_opens_a_url(served, sample_small):
     from geodetect.plugin._reader import get_reader
 
