@@ -11,9 +11,10 @@ from _shapes import rect
 from pyproj import Transformer
 
 from geodetect import geometry
+from geodetect.boxes import table_boxes
 from geodetect.errors import CRSError
 from geodetect.labels import DETECTION_FIELDS
-from geodetect.merge import empty_detections, merge_detections, polygon_boxes, sort_detections
+from geodetect.merge import empty_detections, merge_detections, sort_detections
 
 X0, Y0 = 500_000.0, 5_000_000.0
 UTM32, UTM33 = "EPSG:32632", "EPSG:32633"
@@ -97,16 +98,16 @@ def test_pixel_and_map_frames_do_not_mix():
     assert merge_detections([pixels], 0.3).crs is None
 
 
-def test_polygon_boxes_in_either_frame():
+def test_table_boxes_in_either_frame():
     """Map frame (y north) is mirrored to y-down; the angle clockwise from north is the same."""
     gdf = _frame([("car", 0.9, (10, 10, 4.5, 2, 30))])
-    assert polygon_boxes(gdf)[0] == pytest.approx([X0 + 10, -(Y0 + 10), 4.5, 2, 30])
+    assert table_boxes(gdf)[0] == pytest.approx([X0 + 10, -(Y0 + 10), 4.5, 2, 30])
     corners = geometry.box_corners(np.array([[5.0, 7.0, 6.0, 3.0, 120.0]]), y_down=True)
     pixels = gpd.GeoDataFrame(geometry=[shapely.Polygon(corners[0])])
-    assert polygon_boxes(pixels)[0] == pytest.approx([5, 7, 6, 3, 120])
+    assert table_boxes(pixels)[0] == pytest.approx([5, 7, 6, 3, 120])
     bad = gpd.GeoDataFrame(geometry=[rect(0, 0, 4, 2, 0), shapely.Point(0, 0).buffer(1)])
-    with pytest.raises(ValueError, match="feature 1 "):
-        polygon_boxes(bad)
+    with pytest.raises(ValueError, match="1 is not a 4-corner rectangle"):
+        table_boxes(bad)
 
 
 def test_order_is_stable_whatever_the_input_order():
