@@ -7,7 +7,6 @@ in the scene's CRS, also for a geographic scene processed in its UTM zone.
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pandas as pd
@@ -128,16 +127,9 @@ def test_model_info_is_frozen_and_fills_defaults():
 
 def _imports(path: Path) -> set[str]:
     """geodetect modules a file imports, at module level or inside functions."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
-        else:
-            continue
-        found |= {n.split(".")[1] for n in names if n.startswith("geodetect.")}
-    return found
+    from test_design import _imports as import_sites
+
+    return {module for module, _, _ in import_sites(path)}
 
 
 DETECTION_PATH = ("engine", "tiling", "modelinfo", "detection", "inference", "scenes")

@@ -340,18 +340,9 @@ DETECTION = {
 
 def _geodetect_imports(path: Path) -> set[str]:
     """geodetect modules a file imports anywhere (module level and inside functions)."""
-    import ast
+    from test_design import _imports as import_sites
 
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
-        else:
-            continue
-        found |= {n.split(".")[1] for n in names if n.startswith("geodetect.")}
-    return found
+    return {module for module, _, _ in import_sites(path)}
 
 
 def test_the_engine_imports_no_detection_module():
