@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from geodetect import __version__
-from geodetect.errors import GeodetectError, InputError
+from geodetect.errors import GeodetectError, InputError, is_out_of_memory
 
 
 def _progress_enabled(args: argparse.Namespace) -> bool:
@@ -327,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: out of memory; {_oom_hint(args.command)}", file=sys.stderr)
         return 2
     except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is one, wherever it escapes
-        if not _is_oom(exc):
+        if not is_out_of_memory(exc):
             raise
         detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else "CUDA"
         print(f"error: out of memory ({detail}); {_oom_hint(args.command)}", file=sys.stderr)
@@ -343,20 +343,6 @@ _OOM_HINTS = {
 
 def _oom_hint(command: str) -> str:
     return _OOM_HINTS.get(command, "free some memory and run it again")
-
-
-def _is_oom(exc: BaseException) -> bool:
-    """An out-of-memory error of torch (imported only if the command imported it) or ONNX
-    Runtime; cli.py itself never imports torch."""
-    if type(exc).__name__ == "OutOfMemoryError":
-        return True
-    if "torch" in sys.modules:
-        from geodetect.device import is_oom
-
-        if is_oom(exc):
-            return True
-    text = str(exc).lower()
-    return "out of memory" in text or "failed to allocate" in text
 
 
 def entry() -> None:

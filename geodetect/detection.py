@@ -11,7 +11,6 @@ while the network runs).
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from geodetect import geometry
 from geodetect import tta as tta_passes
 from geodetect.aoi import OutsideError, keep_inside, load_area
 from geodetect.decoding import decode_arrays
-from geodetect.errors import GeodetectError, InputError, ModelError
+from geodetect.errors import GeodetectError, InputError, ModelError, is_out_of_memory
 from geodetect.merge import empty_detections, merge_detections
 from geodetect.modelinfo import ModelInfo
 from geodetect.mosaic import name_by_source
@@ -198,7 +197,7 @@ def _run_batch(det: Detector, inputs: np.ndarray, settings: Settings) -> list[di
         try:
             results.extend(_forward(det, chunk, settings))
         except Exception as exc:
-            if not _is_oom(exc):
+            if not is_out_of_memory(exc):
                 raise
             if not isinstance(det.device, str):
                 from geodetect.device import empty_cache
@@ -212,16 +211,6 @@ def _run_batch(det: Detector, inputs: np.ndarray, settings: Settings) -> list[di
             continue
         start += len(chunk)
     return results
-
-
-def _is_oom(exc: BaseException) -> bool:
-    """A CUDA out-of-memory error (torch's, or ONNX Runtime's allocation failure)."""
-    if "torch" in sys.modules:  # never imported for it: the ONNX path runs without torch
-        from geodetect.device import is_oom
-
-        if is_oom(exc):
-            return True
-    return "out of memory" in str(exc).lower() or "failed to allocate" in str(exc).lower()
 
 
 def run_task(

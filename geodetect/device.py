@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import torch
 
-from geodetect.errors import DeviceError
+from geodetect.errors import DeviceError, is_out_of_memory
 
 _SPEC = re.compile(r"^(auto|cpu|cuda)(?::(\d+))?$")
 
@@ -68,9 +68,7 @@ def pin_memory(device: torch.device) -> bool:
 
 def is_oom(exc: BaseException) -> bool:
     """Whether an exception is a CUDA out-of-memory error that a smaller batch can avoid."""
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    return isinstance(exc, RuntimeError) and is_out_of_memory(exc)
 
 
 def empty_cache(device: torch.device) -> None:

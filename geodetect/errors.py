@@ -39,3 +39,12 @@ def first_line(exc: BaseException) -> str:
     """An exception's first line: what a one-line error may quote of a library's message."""
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A (CUDA) out-of-memory error of torch or ONNX Runtime, told without importing either:
+    torch's `OutOfMemoryError` by name, the others by their message."""
+    if type(exc).__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc).lower()
+    return "out of memory" in text or "failed to allocate" in text
