@@ -249,6 +249,7 @@ def run_task(
         frame = empty_detections(g.crs)
     else:
         b, s, c, h = (np.concatenate(x) for x in (boxes, scores, classes, heads))
+        b[:, 2:4] *= np.asarray(det.info.size_scale, np.float64)[c, None]  # calibrated sizes
         upright = np.asarray(det.info.orientation_free, bool)[c]
         b[upright] = geometry.snap_upright(b[upright])  # classes without orientation: axis-aligned
         keep = np.sort(

@@ -327,3 +327,22 @@ def confusion(
     for j in np.nonzero(~seen)[0]:
         table[str(truth_classes[j])]["missed"] += 1
     return table
+
+
+def size_log_ratios(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """log(truth side / predicted side), sides as √area, over the mutual-centre pairs.
+
+    A pair is a prediction and a truth box each holding the other's centre: no IoU threshold,
+    which would keep only the pairs whose sizes already agree. Training calibrates the size
+    head with their mean (`training.size_calibration`): on real crowns the head shrinks big
+    crowns towards the mean size, and detections came out ~12 % small.
+    """
+    pred = np.asarray(pred, np.float64).reshape(-1, 5)
+    truth = np.asarray(truth, np.float64).reshape(-1, 5)
+    if len(pred) == 0 or len(truth) == 0:
+        return np.zeros(0)
+    pp, tp = geometry.box_polygons(pred), geometry.box_polygons(truth)
+    pi, ti = shapely.STRtree(tp).query(shapely.points(pred[:, :2]), predicate="within")
+    both = shapely.contains_xy(pp[pi], truth[ti, 0], truth[ti, 1])
+    pi, ti = pi[both], ti[both]
+    return 0.5 * np.log(_areas(truth[ti]) / np.maximum(_areas(pred[pi]), 1e-12))

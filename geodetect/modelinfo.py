@@ -32,6 +32,7 @@ class ModelInfo:
     config: dict[str, Any] = field(default_factory=dict, hash=False)  # the training Config
     arch: dict[str, Any] = field(default_factory=dict, hash=False)
     precision: str = "fp32"  # "int8" for a quantised ONNX export
+    size_scale: tuple[float, ...] = ()  # per class: factor on detected sizes (calibration)
     meta: dict[str, Any] = field(default_factory=dict, hash=False, compare=False, repr=False)
 
     @classmethod
@@ -57,6 +58,7 @@ class ModelInfo:
             config=dict(meta.get("config") or {}),
             arch=dict(meta.get("arch") or {}),
             precision=str(meta.get("precision") or "fp32"),
+            size_scale=_factors(meta.get("size_scale"), n),
             meta=meta,
         )
 
@@ -101,3 +103,11 @@ def _flags(values: Any, n: int) -> tuple[bool, ...]:
     """Per-class booleans, padded with False (files older than the key lack it)."""
     flags = [bool(v) for v in (values or [])][:n]
     return tuple(flags + [False] * (n - len(flags)))
+
+
+def _factors(values: Any, n: int) -> tuple[float, ...]:
+    """Per-class positive factors, padded with 1.0 (files older than the key lack it)."""
+    factors = [float(v) for v in (values or [])][:n]
+    if any(not f > 0 for f in factors):
+        raise ModelError(f"model metadata: size_scale {factors} must be positive")
+    return tuple(factors + [1.0] * (n - len(factors)))

@@ -146,10 +146,23 @@ def _val_forward(net: torch.nn.Module, x: np.ndarray, dev: torch.device) -> dict
     return {k: t.float() for k, t in res.items()}
 
 
+def _class_detections(dets: list, k: int, s_idx: int) -> tuple[np.ndarray, np.ndarray]:
+    """(boxes, scores) of class k on scene s_idx from all views, overlapping views' duplicates
+    removed (rotated NMS at 0.5)."""
+    from geodetect.geometry import rotated_nms
+
+    parts = [(b[c == k], s[c == k]) for si, b, s, c in dets if si == s_idx]
+    if not parts:
+        return np.zeros((0, 5)), np.zeros(0)
+    b = np.concatenate([p[0] for p in parts])
+    s = np.concatenate([p[1] for p in parts])
+    keep = np.asarray(rotated_nms(b, s, 0.5), np.int64) if len(b) else np.zeros(0, int)
+    return b[keep], s[keep]
+
+
 def validate(net: torch.nn.Module, views: list[Patch], project: Project, dev: torch.device) -> dict:
     """AP50 per class on held-out labels; detections in unknown areas are neither right nor
     wrong (labels are sparse)."""
-    from geodetect.geometry import rotated_nms
     from geodetect.matching import class_metrics
 
     net.eval()
@@ -159,14 +172,10 @@ def validate(net: torch.nn.Module, views: list[Patch], project: Project, dev: to
     for k, name in enumerate(project.classes):
         pb, ps, pg, tb, tg = [], [], [], [], []
         for s_idx, scene in enumerate(project.scenes):
-            parts = [(b[c == k], s[c == k]) for si, b, s, c in dets if si == s_idx]
-            if parts:
-                b = np.concatenate([p[0] for p in parts])
-                s = np.concatenate([p[1] for p in parts])
-                keep = np.asarray(rotated_nms(b, s, 0.5), np.int64) if len(b) else np.zeros(0, int)
-                pb.append(b[keep])
-                ps.append(s[keep])
-                pg += [s_idx] * len(keep)
+            b, s = _class_detections(dets, k, s_idx)
+            pb.append(b)
+            ps.append(s)
+            pg += [s_idx] * len(b)
             truth = scene.boxes[scene.pos_val & (scene.classes == k)]
             tb.append(truth)
             tg += [s_idx] * len(truth)
@@ -174,15 +183,46 @@ def validate(net: torch.nn.Module, views: list[Patch], project: Project, dev: to
             result[name] = None
             continue
         m = class_metrics(
-            np.concatenate(pb) if pb else np.zeros((0, 5)),
-            np.concatenate(ps) if ps else np.zeros(0),
-            np.concatenate(tb),
-            0.5,
-            pred_groups=pg,
-            truth_groups=tg,
-        )
+            np.concatenate(pb), np.concatenate(ps), np.concatenate(tb), 0.5,
+            pred_groups=pg, truth_groups=tg,
+        )  # fmt: skip
         result[name] = m["ap"]
     return result
+
+
+SIZE_CALIBRATION_SCORE = 0.3  # detections this confident calibrate the size head
+SIZE_CALIBRATION_PAIRS = 8  # fewer held-out matches: no calibration (factor 1)
+SIZE_SCALE_LIMITS = (0.75, 1.33)
+
+
+def size_calibration(
+    net: torch.nn.Module, views: list[Patch], project: Project, dev: torch.device
+) -> list[float]:
+    """Per class, the factor on detected lengths and widths that makes them match the
+    held-out positives' (`matching.size_log_ratios`, geometric mean, clamped to
+    SIZE_SCALE_LIMITS); 1.0 for a class with too few held-out matches.
+
+    Why: a size head trained on a few dozen real objects regresses towards the mean size;
+    on the NEON crowns detections were ~12 % small, which costs IoU on every big crown.
+    """
+    from geodetect.matching import size_log_ratios
+
+    net.eval()
+    dets = _view_detections(net, views, project, dev)
+    net.train()
+    scales = []
+    for k in range(len(project.classes)):
+        logs = []
+        for s_idx, scene in enumerate(project.scenes):
+            b, s = _class_detections(dets, k, s_idx)
+            truth = scene.boxes[scene.pos_val & (scene.classes == k)]
+            logs.append(size_log_ratios(b[s >= SIZE_CALIBRATION_SCORE], truth))
+        logs = np.concatenate(logs)
+        if len(logs) < SIZE_CALIBRATION_PAIRS:
+            scales.append(1.0)
+            continue
+        scales.append(float(np.clip(np.exp(logs.mean()), *SIZE_SCALE_LIMITS)))
+    return scales
 
 
 # ------------------------------------------------------------------------------ the loop
@@ -211,7 +251,14 @@ def _load_checkpoint(path: Path) -> dict | None:
         ) from None
 
 
-def _meta(project: Project, arch: dict, model_stats: dict, history: list, config: Config) -> dict:
+def _meta(
+    project: Project,
+    arch: dict,
+    model_stats: dict,
+    history: list,
+    config: Config,
+    size_scale: list[float],
+) -> dict:
     last = history[-1] if history else {}
     return {
         "classes": list(project.classes),
@@ -229,6 +276,7 @@ def _meta(project: Project, arch: dict, model_stats: dict, history: list, config
         },
         "config": dump_config(config),
         "arch": arch,
+        "size_scale": [float(f) for f in size_scale],  # per class, on detected sizes
         "metrics": {"val_ap50": last.get("val_ap50", {}), "loss": last.get("loss")},
     }
 
@@ -430,7 +478,13 @@ def _train(
             )
         ddp.barrier()
     bar.close()
-    meta = _meta(project, arch, model_stats, history, config)
+    net_final = ddp.unwrap(model)
+    size_scale = (
+        size_calibration(net_final, vpos + vneg, project, dev)
+        if vpos
+        else [1.0] * len(project.classes)
+    )
+    meta = _meta(project, arch, model_stats, history, config, size_scale)
     path = out / "model.pt"
     if info.is_main:
         _save(model_blob(ddp.unwrap(model), meta), path)
@@ -442,6 +496,7 @@ def _train(
             "train_positives": len(pos),
             "train_negative_patches": len(neg),
             "val_views": len(vpos) + len(vneg),
+            "size_scale": dict(zip(project.classes, size_scale, strict=True)),
             "epochs": history,
             "init": str(init) if init is not None else None,  # warm start's provenance
         }

@@ -109,11 +109,28 @@ def test_detect_takes_the_model_settings_and_overrides(model_pt, scenes):
     assert (strict["score"] >= 0.9).all()
 
 
+def test_size_scale_of_the_model_file_scales_each_class_sizes(model_pt, scenes, tmp_path):
+    """Training stores a per-class size calibration; detection applies it to lengths and
+    widths (vehicles x 1.5 here, buildings unchanged), nothing else moves."""
+    blob = torch.load(model_pt, weights_only=True)
+    blob["size_scale"] = [1.5, 1.0]
+    scaled = tmp_path / "scaled.pt"
+    torch.save(blob, scaled)
+    base = detect(model_pt, scenes["utm"], device="cpu", nms_iou=1.0)
+    got = detect(scaled, scenes["utm"], device="cpu", nms_iou=1.0)
+    assert len(got) == len(base) > 0
+    factor = got["length_m"].to_numpy() / base["length_m"].to_numpy()
+    cars = (base["class"] == "vehicle").to_numpy()
+    assert factor[cars] == pytest.approx(1.5) and factor[~cars] == pytest.approx(1.0)
+    assert got["score"].tolist() == base["score"].tolist()
+
+
 def test_model_info_is_frozen_and_fills_defaults():
     info = ModelInfo.from_meta({"classes": ["car", "tank"], "gsd": 0.3, "has_front": [True]})
     assert info.has_front == (True, False) and info.orientation_free == (False, False)
     assert info.bands == (1,) and info.multiple == 32 and info.percentiles == (2.0, 98.0)
     assert info.stats_mode == "scene" and info.elevation is False
+    assert info.size_scale == (1.0, 1.0)  # files older than the calibration
     with pytest.raises(AttributeError):
         info.gsd = 1.0  # type: ignore[misc]
     from geodetect.errors import ModelError

@@ -20,6 +20,7 @@ from geodetect.matching import (
     match,
     match_many,
     restrict,
+    size_log_ratios,
 )
 
 L, W = 4.0, 2.0
@@ -140,3 +141,17 @@ def test_restrict_reindexes_candidates_into_the_kept_truths():
     sub = restrict(cands, np.array([0, 1]), np.array([1, 2]), len(truth))
     assert [list(c[0]) for c in sub] == [[1], []]  # truth 2 is column 1; truth 0 is gone
     assert sub[0][1] == pytest.approx(cands[0][1])
+
+
+def test_size_log_ratios_pair_boxes_by_mutual_centres_not_by_iou():
+    truth = np.array([[0, 0, 10, 10, 0], [100, 0, 10, 10, 0], [200, 0, 10, 10, 0]], float)
+    pred = np.array(
+        [
+            [1, 1, 8, 8, 0],  # 8 % of a 10 m crown's side small, a little off centre: a pair
+            [104, 0, 5, 5, 0],  # its centre lies in the truth, the truth's not in it: no pair
+            [200, 0, 20, 20, 45],  # twice the side, turned: a pair (IoU 0.22 would miss it)
+        ]
+    )
+    got = size_log_ratios(pred, truth)
+    assert sorted(got) == pytest.approx(sorted([np.log(10 / 8), np.log(10 / 20)]))
+    assert size_log_ratios(pred[:0], truth).shape == (0,)

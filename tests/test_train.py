@@ -71,6 +71,7 @@ def test_model_file_and_metrics(painted, tmp_path):
     assert meta["gsd"] == pytest.approx(0.25)
     assert meta["normalisation"]["stats"] == "scene"
     assert meta["config"]["train"]["epochs"] == 2
+    assert len(meta["size_scale"]) == 1 and 0.75 <= meta["size_scale"][0] <= 1.33
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
     assert set(metrics["epochs"][0]["val_ap50"]) == {"car"}
@@ -526,3 +527,35 @@ def test_cli_does_not_import_torch():
 
     code = "import sys, geodetect.cli; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_size_calibration_undoes_a_size_head_that_shrinks(monkeypatch):
+    """Held-out positives detected at 0.8x their side: the model file's factor is 1.25 for
+    that class; a class with too few held-out matches keeps 1.0; the clamp holds."""
+    from types import SimpleNamespace
+
+    from geodetect import training
+
+    rng = np.random.default_rng(0)
+    centres = rng.uniform(0, 500, (20, 2))
+    truth = np.c_[centres, np.full(20, 10.0), np.full(20, 8.0), np.zeros(20)]
+    scene = SimpleNamespace(
+        boxes=np.r_[truth, truth[:3]],
+        classes=np.r_[np.zeros(20, int), np.ones(3, int)],
+        pos_val=np.ones(23, bool),
+    )
+    project = SimpleNamespace(scenes=[scene], classes=["tree", "tank"])
+    shrunk = truth.copy()
+    shrunk[:, 2:4] *= 0.8
+
+    def fake(net, views, project, dev, boxes=shrunk):
+        both = np.r_[boxes, truth[:3]]
+        return [(0, both, np.full(len(both), 0.9), np.r_[np.zeros(20, int), np.ones(3, int)])]
+
+    monkeypatch.setattr(training, "_view_detections", fake)
+    net = torch.nn.Linear(1, 1)
+    assert training.size_calibration(net, [], project, "cpu") == pytest.approx([1.25, 1.0])
+    tiny = truth.copy()
+    tiny[:, 2:4] *= 0.2
+    monkeypatch.setattr(training, "_view_detections", lambda *a: fake(*a, boxes=tiny))
+    assert training.size_calibration(net, [], project, "cpu")[0] == pytest.approx(1.33)
