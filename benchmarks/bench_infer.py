@@ -10,7 +10,8 @@
 2. AP50 per class of each variant on three unseen 1024² test scenes (bench_train's) and on
    the dense scene; the .pt's AP50, F1, angle and heading errors on the same scenes and at
    0.35 m GSD with a colour cast, TTA off and on.
-3. Peak RSS of a fresh `geodetect infer` on a dense 16384² mosaic of the dense scene.
+3. Peak RSS of a fresh `geodetect infer` (torch fp32 and ONNX Runtime int8) on a dense
+   16384² mosaic of the dense scene.
 
 Files are cached in --work (default bench_out/infer, git-ignored): the model (trained with
 the default recipe when no --model is given), its .onnx exports and the scenes.
@@ -345,12 +346,18 @@ def main() -> None:
         bench_quality(model, work, args.device)
     if "rss" not in args.skip:
         big = dense_mosaic(work, args.rss_size, dense)
-        dt, peak = fresh_infer(model, big, work / "mosaic.gpkg", args.threads, tiling)
         mpx = args.rss_size**2 / 1e6
-        print(
-            f"rss   {args.rss_size}² dense mosaic: peak RSS {peak:.0f} MB "
-            f"({'OK' if peak <= 1024 else 'OVER 1 GB'}), {dt:.0f} s, {mpx / dt:.2f} Mpx/s"
-        )
+        for name in ("torch fp32", "onnxruntime int8"):  # the default and the lightest path
+            if name not in runs:
+                continue
+            path, extra = runs[name]
+            out = work / f"mosaic_{name.replace(' ', '_')}.gpkg"
+            dt, peak = fresh_infer(path, big, out, args.threads, extra)
+            print(
+                f"rss   {name:<18} {args.rss_size}² dense mosaic: peak RSS {peak:.0f} MB "
+                f"({'OK' if peak <= 1024 else 'OVER 1 GB'}), {dt:.0f} s, {mpx / dt:.2f} Mpx/s",
+                flush=True,
+            )
 
 
 def _ap(d: dict | None) -> str:
