@@ -58,7 +58,7 @@ class ModelInfo:
             config=dict(meta.get("config") or {}),
             arch=dict(meta.get("arch") or {}),
             precision=str(meta.get("precision") or "fp32"),
-            size_scale=_factors(meta.get("size_scale"), n),
+            size_scale=_factors(meta.get("size_scale"), n, source),
             meta=meta,
         )
 
@@ -105,9 +105,9 @@ def _flags(values: Any, n: int) -> tuple[bool, ...]:
     return tuple(flags + [False] * (n - len(flags)))
 
 
-def _factors(values: Any, n: int) -> tuple[float, ...]:
+def _factors(values: Any, n: int, source: str) -> tuple[float, ...]:
     """Per-class positive factors, padded with 1.0 (files older than the key lack it)."""
     factors = [float(v) for v in (values or [])][:n]
     if any(not f > 0 for f in factors):
-        raise ModelError(f"model metadata: size_scale {factors} must be positive")
+        raise ModelError(f"{source}: model metadata size_scale {factors} must be positive")
     return tuple(factors + [1.0] * (n - len(factors)))

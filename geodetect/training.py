@@ -160,14 +160,22 @@ def _class_detections(dets: list, k: int, s_idx: int) -> tuple[np.ndarray, np.nd
     return b[keep], s[keep]
 
 
-def validate(net: torch.nn.Module, views: list[Patch], project: Project, dev: torch.device) -> dict:
-    """AP50 per class on held-out labels; detections in unknown areas are neither right nor
-    wrong (labels are sparse)."""
-    from geodetect.matching import class_metrics
-
+def eval_detections(
+    net: torch.nn.Module, views: list[Patch], project: Project, dev: torch.device
+) -> list:
+    """The validation views' detections, the network in eval mode for the pass; one pass
+    feeds both `validate` and, after the last epoch, `size_calibration`."""
     net.eval()
     dets = _view_detections(net, views, project, dev)
     net.train()
+    return dets
+
+
+def validate(dets: list, project: Project) -> dict:
+    """AP50 per class on held-out labels from `eval_detections`; detections in unknown areas
+    are neither right nor wrong (labels are sparse)."""
+    from geodetect.matching import class_metrics
+
     result: dict[str, float | None] = {}
     for k, name in enumerate(project.classes):
         pb, ps, pg, tb, tg = [], [], [], [], []
@@ -195,21 +203,17 @@ SIZE_CALIBRATION_PAIRS = 8  # fewer held-out matches: no calibration (factor 1)
 SIZE_SCALE_LIMITS = (0.75, 1.33)
 
 
-def size_calibration(
-    net: torch.nn.Module, views: list[Patch], project: Project, dev: torch.device
-) -> list[float]:
+def size_calibration(dets: list, project: Project) -> list[float]:
     """Per class, the factor on detected lengths and widths that makes them match the
-    held-out positives' (`matching.size_log_ratios`, geometric mean, clamped to
-    SIZE_SCALE_LIMITS); 1.0 for a class with too few held-out matches.
+    held-out positives' (`matching.size_log_ratios` over `eval_detections` of the final
+    network, geometric mean, clamped to SIZE_SCALE_LIMITS); 1.0 for a class with too few
+    held-out matches.
 
     Why: a size head trained on a few dozen real objects regresses towards the mean size;
     on the NEON crowns detections were ~12 % small, which costs IoU on every big crown.
     """
     from geodetect.matching import size_log_ratios
 
-    net.eval()
-    dets = _view_detections(net, views, project, dev)
-    net.train()
     scales = []
     for k in range(len(project.classes)):
         logs = []
@@ -449,7 +453,8 @@ def _train(
                     }
                 )
         data.neg_weights = _hard_negative_weights(data.neg_weights, neg_loss, neg_count, tc, dev)
-        val = validate(ddp.unwrap(model), vpos + vneg, project, dev) if (vpos or vneg) else {}
+        dets = eval_detections(ddp.unwrap(model), vpos + vneg, project, dev) if vpos or vneg else []
+        val = validate(dets, project) if vpos or vneg else {}
         aps = [v for v in val.values() if v is not None]
         record = {
             "epoch": epoch + 1,
@@ -478,12 +483,11 @@ def _train(
             )
         ddp.barrier()
     bar.close()
-    net_final = ddp.unwrap(model)
-    size_scale = (
-        size_calibration(net_final, vpos + vneg, project, dev)
-        if vpos
-        else [1.0] * len(project.classes)
-    )
+    size_scale = [1.0] * len(project.classes)
+    if vpos:  # the last epoch's pass, or (a resume with no epoch left to run) a new one
+        if start >= tc.epochs:
+            dets = eval_detections(ddp.unwrap(model), vpos + vneg, project, dev)
+        size_scale = size_calibration(dets, project)
     meta = _meta(project, arch, model_stats, history, config, size_scale)
     path = out / "model.pt"
     if info.is_main:

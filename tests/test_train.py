@@ -443,12 +443,11 @@ def test_cuda_oom_in_validation_halves_its_batch_and_gives_the_same_result(
     got = _record_views(monkeypatch)
     _run(painted, tmp_path / "oom", over=over)
     assert calls and calls[-1] == 2 and len(calls) >= 2  # 8 (or fewer views) -> ... -> 1
-    # two passes over the views: the epoch's validation, then the size calibration
-    assert len(got) == len(ref) == 2 and len(got[0]) == len(ref[0]) >= 2
-    for ref_pass, got_pass in zip(ref, got, strict=True):
-        for (sa, ba, pa, ca), (sb, bb, pb, cb) in zip(ref_pass, got_pass, strict=True):
-            assert sa == sb and np.array_equal(ca, cb)
-            assert np.allclose(ba, bb, atol=1e-4) and np.allclose(pa, pb, atol=1e-5)
+    # one pass over the views per epoch: the size calibration reuses the last one
+    assert len(got) == len(ref) == 1 and len(got[0]) == len(ref[0]) >= 2
+    for (sa, ba, pa, ca), (sb, bb, pb, cb) in zip(ref[0], got[0], strict=True):
+        assert sa == sb and np.array_equal(ca, cb)
+        assert np.allclose(ba, bb, atol=1e-4) and np.allclose(pa, pb, atol=1e-5)
     assert (tmp_path / "oom" / "model.pt").is_file()
 
 
@@ -531,7 +530,7 @@ def test_cli_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_size_calibration_undoes_a_size_head_that_shrinks(monkeypatch):
+def test_size_calibration_undoes_a_size_head_that_shrinks():
     """Held-out positives detected at 0.8x their side: the model file's factor is 1.25 for
     that class; a class with too few held-out matches keeps 1.0; the clamp holds."""
     from types import SimpleNamespace
@@ -547,17 +546,14 @@ def test_size_calibration_undoes_a_size_head_that_shrinks(monkeypatch):
         pos_val=np.ones(23, bool),
     )
     project = SimpleNamespace(scenes=[scene], classes=["tree", "tank"])
-    shrunk = truth.copy()
-    shrunk[:, 2:4] *= 0.8
+    classes = np.r_[np.zeros(20, int), np.ones(3, int)]
 
-    def fake(net, views, project, dev, boxes=shrunk):
+    def dets(boxes):  # eval_detections' shape: (scene, boxes, scores, classes) per view
         both = np.r_[boxes, truth[:3]]
-        return [(0, both, np.full(len(both), 0.9), np.r_[np.zeros(20, int), np.ones(3, int)])]
+        return [(0, both, np.full(len(both), 0.9), classes)]
 
-    monkeypatch.setattr(training, "_view_detections", fake)
-    net = torch.nn.Linear(1, 1)
-    assert training.size_calibration(net, [], project, "cpu") == pytest.approx([1.25, 1.0])
-    tiny = truth.copy()
+    shrunk, tiny = truth.copy(), truth.copy()
+    shrunk[:, 2:4] *= 0.8
     tiny[:, 2:4] *= 0.2
-    monkeypatch.setattr(training, "_view_detections", lambda *a: fake(*a, boxes=tiny))
-    assert training.size_calibration(net, [], project, "cpu")[0] == pytest.approx(1.33)
+    assert training.size_calibration(dets(shrunk), project) == pytest.approx([1.25, 1.0])
+    assert training.size_calibration(dets(tiny), project)[0] == pytest.approx(1.33)
