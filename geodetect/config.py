@@ -135,6 +135,13 @@ class TrainConfig(_Section):
         description="probability of each sensor/photometric change (hue/saturation, blur, "
         "noise, JPEG, shadow) per chip",
     )
+    recolour: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="probability that a positive is repainted (new mean colour, shading "
+        "kept) per chip: cars and roofs come in colours the labels may not show",
+    )
     workers: int = Field(0, ge=0, description="DataLoader worker processes")
     amp: bool = Field(True, description="mixed precision on CUDA")
 

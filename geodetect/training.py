@@ -103,18 +103,25 @@ def _loader(
 VAL_BATCH = 8  # validation views per forward; halved on out-of-memory
 
 
-def _view_detections(net: torch.nn.Module, views: list[Patch], project: Project, dev: torch.device):
+def _view_detections(
+    net: torch.nn.Module,
+    views: list[Patch],
+    project: Project,
+    dev: torch.device,
+    tta: bool = False,
+):
     """Detections on validation patches whose centre lies in a known, valid pixel (scene frame).
 
-    On CUDA out-of-memory the batch halves (per view the result is the same: eval mode); at
-    one view a time it is a one-line error naming the setting that sizes a view."""
+    `tta`: the passes of `infer.tta`, fused as inference fuses them. On CUDA out-of-memory the
+    batch halves (per view the result is the same: eval mode); at one view a time it is a
+    one-line error naming the setting that sizes a view."""
     out = []
     size, start = VAL_BATCH, 0
     while start < len(views):
         batch = views[start : start + size]
         x = np.stack([v.image.astype(np.float32) for v in batch])
         try:
-            res = _val_forward(net, x, dev)
+            found = _val_decode(net, x, dev, project, tta)
         except Exception as exc:
             if not is_oom(exc):
                 raise
@@ -127,8 +134,7 @@ def _view_detections(net: torch.nn.Module, views: list[Patch], project: Project,
             size = max(1, size // 2)
             continue
         start += len(batch)
-        dets = decode(res, VAL_THRESHOLD, project.has_front, upright=project.upright)
-        for v, d in zip(batch, dets, strict=True):
+        for v, d in zip(batch, found, strict=True):
             b = d["boxes"]
             col = np.clip(b[:, 0].astype(int), 0, v.known.shape[1] - 1)
             row = np.clip(b[:, 1].astype(int), 0, v.known.shape[0] - 1)
@@ -138,6 +144,29 @@ def _view_detections(net: torch.nn.Module, views: list[Patch], project: Project,
             b[:, 1] += v.origin[1]
             out.append((v.scene, b, d["scores"][keep], d["classes"][keep]))
     return out
+
+
+def _val_decode(
+    net: torch.nn.Module, x: np.ndarray, dev: torch.device, project: Project, tta: bool
+) -> list[dict]:
+    """Decoded detections per view (view pixel frame), one pass or the TTA passes fused."""
+    from geodetect import tta as tta_passes
+
+    passes = tta_passes.PASSES if tta else ((0, False),)
+    per_view: list[list[dict]] = [[] for _ in range(len(x))]
+    for p, (k, flip) in enumerate(passes):
+        res = _val_forward(net, tta_passes.augment(x, k, flip), dev)
+        dets = decode(res, VAL_THRESHOLD, project.has_front, upright=project.upright)
+        for i, d in enumerate(dets):
+            if tta:
+                size = (x.shape[2], x.shape[3])
+                boxes, heads = tta_passes.unaugment(d["boxes"], d["headings"], size, k, flip)
+                d = {**d, "boxes": boxes, "headings": heads, "pass": p}
+            per_view[i].append(d)
+    if not tta:
+        return [d[0] for d in per_view]
+    nms = project.config.infer.nms_iou
+    return [tta_passes.fuse(d, len(passes), nms, VAL_THRESHOLD) for d in per_view]
 
 
 def _val_forward(net: torch.nn.Module, x: np.ndarray, dev: torch.device) -> dict:
@@ -161,12 +190,17 @@ def _class_detections(dets: list, k: int, s_idx: int) -> tuple[np.ndarray, np.nd
 
 
 def eval_detections(
-    net: torch.nn.Module, views: list[Patch], project: Project, dev: torch.device
+    net: torch.nn.Module,
+    views: list[Patch],
+    project: Project,
+    dev: torch.device,
+    tta: bool = False,
 ) -> list:
     """The validation views' detections, the network in eval mode for the pass; one pass
-    feeds both `validate` and, after the last epoch, `size_calibration`."""
+    feeds both `validate` and, after the last epoch, `size_calibration` (a second pass with
+    the TTA passes when the model will infer with `infer.tta`)."""
     net.eval()
-    dets = _view_detections(net, views, project, dev)
+    dets = _view_detections(net, views, project, dev, tta)
     net.train()
     return dets
 
@@ -484,9 +518,10 @@ def _train(
         ddp.barrier()
     bar.close()
     size_scale = [1.0] * len(project.classes)
-    if vpos:  # the last epoch's pass, or (a resume with no epoch left to run) a new one
-        if start >= tc.epochs:
-            dets = eval_detections(ddp.unwrap(model), vpos + vneg, project, dev)
+    if vpos:  # the last epoch's pass, or (a resume with no epoch left, or TTA) a new one
+        tta = bool(config.infer.tta)  # calibrate the boxes inference will write
+        if start >= tc.epochs or tta:
+            dets = eval_detections(ddp.unwrap(model), vpos + vneg, project, dev, tta)
         size_scale = size_calibration(dets, project)
     meta = _meta(project, arch, model_stats, history, config, size_scale)
     path = out / "model.pt"

@@ -131,6 +131,8 @@ class ChipParams:
     contrast: float = 0.0
     sensor: float = 0.0  # probability of each sensor/photometric op (0: none)
     sensor_seed: int = 0
+    recolour: float = 0.0  # probability that an object is repainted (0: none)
+    recolour_seed: int = 0
 
 
 def draw_params(rng: np.random.Generator, cfg: Any, max_shift: float) -> ChipParams:
@@ -149,7 +151,58 @@ def draw_params(rng: np.random.Generator, cfg: Any, max_shift: float) -> ChipPar
     )
     if sensor > 0:  # drawn last, so recipes without it keep their random stream
         params = replace(params, sensor=sensor, sensor_seed=int(rng.integers(2**31)))
+    paint = float(getattr(cfg, "recolour", 0.0))
+    if paint > 0:  # after sensor: recipes without either keep their random stream
+        params = replace(params, recolour=paint, recolour_seed=int(rng.integers(2**31)))
     return params
+
+
+def recolour_objects(
+    img: np.ndarray, boxes: np.ndarray, p: ChipParams, colour_channels: int
+) -> np.ndarray:
+    """Repaint objects (HWC chip, boxes in its frame): each with probability p.recolour gets
+    a new mean colour, its shading and texture kept.
+
+    Why: cars and roofs come in any paint; a user who labels ten cars labels three or four
+    colours, and a network that never saw a red car misses red cars (with 10 labelled
+    vehicles, a third of the unseen ones were missed, most of them in colours no label had).
+    Half the new colours are greys (white to black, the commonest paints), half any colour.
+    """
+    if p.recolour <= 0 or not len(boxes) or colour_channels < 1:
+        return img
+    rng = np.random.default_rng(p.recolour_seed)
+    h, w = img.shape[:2]
+    out = None
+    for b in np.asarray(boxes, np.float64):
+        if rng.random() >= p.recolour:
+            continue
+        grey = rng.random() < 0.5
+        target = np.full(colour_channels, rng.random()) if grey else rng.random(colour_channels)
+        inside = _box_pixels(b, h, w)
+        if inside is None:
+            continue
+        sub, mask = inside
+        out = img.copy() if out is None else out
+        px = out[sub][..., :colour_channels]  # a view: written in place
+        shift = (target - px[mask].mean(axis=0)).astype(np.float32)  # robust range is [0, 1]
+        px[mask] = np.clip(px[mask] + shift, LOW, LOW + SPAN)
+    return img if out is None else out
+
+
+def _box_pixels(b: np.ndarray, h: int, w: int) -> tuple[tuple[slice, slice], np.ndarray] | None:
+    """(window, mask of its pixel centres inside the rotated box) or None off the chip."""
+    half = np.hypot(b[2], b[3]) / 2
+    c0, c1 = max(0, int(b[0] - half)), min(w, int(np.ceil(b[0] + half)) + 1)
+    r0, r1 = max(0, int(b[1] - half)), min(h, int(np.ceil(b[1] + half)) + 1)
+    if c1 <= c0 or r1 <= r0:
+        return None
+    ys, xs = np.mgrid[r0:r1, c0:c1].astype(np.float64) + 0.5
+    fwd, right = geometry.direction(b[4]), geometry.direction(b[4] + 90.0)
+    dx, dy = xs - b[0], ys - b[1]
+    mask = (np.abs(dx * fwd[0] + dy * fwd[1]) <= b[2] / 2) & (
+        np.abs(dx * right[0] + dy * right[1]) <= b[3] / 2
+    )
+    return ((slice(r0, r1), slice(c0, c1)), mask) if mask.any() else None
 
 
 @lru_cache(maxsize=8)
@@ -258,10 +311,12 @@ def transform_chip(
     res = _pipeline(params, out)(
         image=hwc, masks=[m.astype(np.uint8) for m in masks], keypoints=corners - 0.5
     )
-    chip = _colour(res["image"], params, colour_channels or hwc.shape[-1])
-    chip = _sensor(chip, params, colour_channels or hwc.shape[-1])
     kp = np.asarray(res["keypoints"], np.float64).reshape(-1, 4, 2) + 0.5
     new_boxes, new_heads = geometry.boxes_from_corners(kp, y_down=True, rtol=1e-2)
+    cc = colour_channels or hwc.shape[-1]
+    chip = recolour_objects(res["image"], new_boxes, params, cc)  # paint, then the camera
+    chip = _colour(chip, params, cc)
+    chip = _sensor(chip, params, cc)
     new_heads = np.where(np.isfinite(np.asarray(headings, np.float64)), new_heads, np.nan)
     return np.ascontiguousarray(np.moveaxis(chip, -1, 0)), list(res["masks"]), new_boxes, new_heads
 

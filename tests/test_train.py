@@ -557,3 +557,47 @@ def test_size_calibration_undoes_a_size_head_that_shrinks():
     tiny[:, 2:4] *= 0.2
     assert training.size_calibration(dets(shrunk), project) == pytest.approx([1.25, 1.0])
     assert training.size_calibration(dets(tiny), project)[0] == pytest.approx(1.33)
+
+
+def test_tta_validation_pass_maps_every_pass_back_to_the_view():
+    """With `infer.tta` the size calibration sees the boxes inference will write: the TTA
+    passes' detections turned back into the view frame and fused. A stub network that
+    finds a bright square off the view's centre wherever the pass puts it gives one box, at
+    the square, with the plain pass's size and score — a pass mapped back wrongly would put
+    a second box elsewhere."""
+    import math
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+
+    from geodetect import training
+    from geodetect.samples import Patch
+
+    class Finder(torch.nn.Module):
+        def forward(self, x):
+            v = F.avg_pool2d(x[:, :1], 4)
+            n, _, h, w = v.shape
+            ones = torch.ones(n, 1, h, w)
+            return {
+                "heatmap": 20.0 * (v - 0.5),
+                "offset": 0.5 * torch.cat([ones, ones], 1),
+                "size": math.log(12.0) * torch.cat([ones, ones], 1),
+                "angle": torch.cat([ones, 0 * ones], 1),
+                "heading": torch.cat([ones, 0 * ones], 1),
+            }
+
+    img = np.zeros((3, 128, 128), np.float16)
+    img[:, 40:44, 88:92] = 1.0  # centre (90, 42): off-centre, so a wrong turn misplaces it
+    view = Patch(img, np.ones((128, 128), np.uint8), np.ones((128, 128), np.uint8),
+                 np.zeros((0, 5)), np.zeros(0, int), np.zeros(0), 0, (1000, 2000))  # fmt: skip
+    project = SimpleNamespace(
+        has_front=[False], upright=[True], config=SimpleNamespace(infer=SimpleNamespace(nms_iou=0.3))
+    )
+    dev = torch.device("cpu")
+    plain = training.eval_detections(Finder(), [view], project, dev, tta=False)
+    fused = training.eval_detections(Finder(), [view], project, dev, tta=True)
+    (_, pb, ps, _), (_, fb, fs, _) = plain[0], fused[0]
+    assert len(pb) == 1 and len(fb) == 1
+    assert pb[0, :4] == pytest.approx([1090.0, 2042.0, 12.0, 12.0], abs=1e-3)
+    assert fb[0, :4] == pytest.approx(pb[0, :4], abs=1e-3)
+    assert fs[0] == pytest.approx(ps[0], abs=1e-4)

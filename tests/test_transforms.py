@@ -134,3 +134,41 @@ def test_colour_jitter_keeps_the_normalised_range():
         img, [np.ones((4, 4), np.uint8)], np.zeros((0, 5)), np.zeros(0), p, 4
     )
     assert chip[0, 0, 3] > 1.4 and chip[0, 0, 1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_recolour_repaints_inside_the_turned_box_only_and_keeps_its_shading():
+    """p=1: the pixels inside a turned box get a new mean colour with the same texture (the
+    deviations from the mean are unchanged); every pixel outside is untouched. A box is
+    repainted at random in the chip (the seed decides), so two seeds give two colours."""
+    rng = np.random.default_rng(0)
+    img = rng.uniform(0.2, 0.8, (P, P, 3)).astype(np.float32)
+    box = np.array([[60.0, 70.0, 40.0, 16.0, 33.0]])
+    inside = _drawn(box[0])[0] > 0
+    out = transforms.recolour_objects(img, box, ChipParams(recolour=1.0, recolour_seed=1), 3)
+    assert np.array_equal(out[~inside], img[~inside])
+    delta = out[inside] - img[inside]
+    assert np.abs(delta - delta.mean(axis=0)).max() < 1e-4  # a shift: shading kept
+    assert np.abs(delta.mean(axis=0)).max() > 0.01
+    other = transforms.recolour_objects(img, box, ChipParams(recolour=1.0, recolour_seed=2), 3)
+    assert not np.allclose(other[inside].mean(axis=0), out[inside].mean(axis=0), atol=0.01)
+    assert transforms.recolour_objects(img, box, ChipParams(recolour=0.0), 3) is img
+
+
+def test_recolour_leaves_the_elevation_channel_and_a_recipe_without_it_keeps_its_stream():
+    """Only the colour channels are repainted (an nDSM is height, not paint); recolour 0
+    draws nothing, so a recipe without it gets the chips it always got."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(1)
+    img = rng.uniform(0.2, 0.8, (P, P, 4)).astype(np.float32)
+    box = np.array([[64.0, 64.0, 30.0, 30.0, 0.0]])
+    out = transforms.recolour_objects(img, box, ChipParams(recolour=1.0, recolour_seed=3), 3)
+    assert np.array_equal(out[..., 3], img[..., 3])
+    cfg = dict(rotate=True, flip=True, scale_jitter=0.1, colour_jitter=0.1, photometric=0.0)
+    plain = transforms.draw_params(np.random.default_rng(5), SimpleNamespace(**cfg), 10)
+    off = transforms.draw_params(
+        np.random.default_rng(5), SimpleNamespace(**cfg, recolour=0.0), 10
+    )
+    on = transforms.draw_params(np.random.default_rng(5), SimpleNamespace(**cfg, recolour=0.5), 10)
+    assert plain == off
+    assert (on.rotate, on.dx, on.scale, on.recolour) == (plain.rotate, plain.dx, plain.scale, 0.5)
