@@ -115,6 +115,13 @@ class TrainConfig(_Section):
     hard_negative_weight: float = Field(
         5.0, ge=1, description="oversampling of confusers inside negatives"
     )
+    paste: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="probability that a negative chip gets 1-3 training positives pasted in "
+        "(each object on background that is known to hold nothing else)",
+    )
     val_fraction: float = Field(
         0.2, ge=0, lt=1, description="share of positives held out for validation"
     )

@@ -222,6 +222,66 @@ def extract_patches(
 # ------------------------------------------------------------------------------ chips
 
 
+def paste_positives(neg: Patch, sources: list[Patch], rng: np.random.Generator) -> Patch:
+    """A negative patch with each source's focus object (the positive it is centred on)
+    copied in at a random known spot, its box and class added and its pixels made known.
+
+    Why: with sparse labels a positive's surroundings are unknown, so a few labelled objects
+    teach little about what is *not* one next to them; pasted into a negative region, the
+    same object is seen on background that is known to hold nothing else, in new places.
+    """
+    size = neg.image.shape[-1]
+    free = np.flatnonzero((neg.known > 0) & (neg.valid > 0))
+    if not len(free):
+        return neg
+    image, known, valid = neg.image.copy(), neg.known.copy(), neg.valid.copy()
+    boxes, classes, heads = [neg.boxes], [neg.classes], [neg.headings]
+    for src in sources:
+        j = _focus_index(src)
+        if j is None:
+            continue
+        b = src.boxes[j]
+        inside = transforms.box_pixels(b, *src.image.shape[-2:])
+        if inside is None:
+            continue
+        (rows, cols), mask = inside
+        dest = free[int(rng.integers(len(free)))]
+        dy, dx = int(dest // size - round(b[1])), int(dest % size - round(b[0]))
+        r, c = np.nonzero(mask)
+        r, c = r + rows.start, c + cols.start
+        ok = (r + dy >= 0) & (r + dy < size) & (c + dx >= 0) & (c + dx < size)
+        ok &= src.valid[r, c] > 0
+        r, c = r[ok], c[ok]
+        image[:, r + dy, c + dx] = src.image[:, r, c]
+        known[r + dy, c + dx] = 1
+        valid[r + dy, c + dx] = 1
+        boxes.append((b + [dx, dy, 0, 0, 0])[None])
+        classes.append(src.classes[j : j + 1])
+        heads.append(src.headings[j : j + 1])
+    return Patch(
+        image=image,
+        valid=valid,
+        known=known,
+        boxes=np.concatenate(boxes).reshape(-1, 5),
+        classes=np.concatenate(classes).astype(neg.classes.dtype if len(neg.classes) else int),
+        headings=np.concatenate(heads).astype(np.float64),
+        scene=neg.scene,
+        origin=neg.origin,
+        focus_class=-1,
+    )
+
+
+def _focus_index(p: Patch) -> int | None:
+    """Index of the positive a patch is centred on (its focus class, nearest the centre)."""
+    idx = np.nonzero(p.classes == p.focus_class)[0]
+    if not len(idx):
+        return None
+    half = p.image.shape[-1] / 2
+    d = np.hypot(p.boxes[idx, 0] - half, p.boxes[idx, 1] - half)
+    return int(idx[np.argmin(d)])
+
+
+
 def known_at_stride(valid: np.ndarray, known: np.ndarray, stride: int = STRIDE) -> np.ndarray:
     """(1, H/stride, W/stride) float32: cells whose pixels are mostly valid and known."""
     m = (valid > 0) & (known > 0)

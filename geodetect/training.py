@@ -28,7 +28,7 @@ from geodetect.errors import GeodetectError, InputError
 from geodetect.model import build_model, decode, detection_loss, load_model, make_arch, model_blob
 from geodetect.project import Project, load_project, split_validation
 from geodetect.resume import check_resume, run_identity
-from geodetect.samples import Patch, extract_patches, make_chip
+from geodetect.samples import Patch, extract_patches, make_chip, paste_positives
 
 CHECKPOINT = "checkpoint.pt"
 VAL_THRESHOLD = 0.05
@@ -58,12 +58,13 @@ class ChipSet(torch.utils.data.Dataset):
             w = self.neg_weights / self.neg_weights.sum()
             i = int(rng.choice(len(self.neg), p=w))
             return i, self.neg[i]
-        members = self.by_class[int(rng.integers(len(self.by_class)))]
-        return -1, self.pos[members[int(rng.integers(len(members)))]]
+        return -1, self.pick_positive(rng)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rng = np.random.default_rng([self.seed, self.epoch, index, self.rank])
         neg_index, patch = self.pick(rng)
+        if neg_index >= 0 and self.cfg.paste > 0 and self.pos:
+            patch = self._pasted(patch, index)
         chip = self.project.chip
         params = transforms.draw_params(rng, self.cfg, max_shift=0.25 * chip)
         item = make_chip(
@@ -76,6 +77,21 @@ class ChipSet(torch.utils.data.Dataset):
         )
         item["neg_index"] = neg_index
         return item
+
+
+    def _pasted(self, patch: Patch, index: int) -> Patch:
+        """With probability `train.paste`, the negative patch with 1-3 positives pasted in
+        (its own random stream: recipes without pasting keep theirs)."""
+        rng = np.random.default_rng([self.seed, self.epoch, index, self.rank, 1])
+        if rng.random() >= self.cfg.paste:
+            return patch
+        picks = [self.pick_positive(rng) for _ in range(int(rng.integers(1, 4)))]
+        return paste_positives(patch, picks, rng)
+
+    def pick_positive(self, rng: np.random.Generator) -> Patch:
+        """A positive patch of a uniformly drawn class."""
+        members = self.by_class[int(rng.integers(len(self.by_class)))]
+        return self.pos[members[int(rng.integers(len(members)))]]
 
 
 def _collate(items: list[dict]) -> dict[str, torch.Tensor]:

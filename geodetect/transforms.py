@@ -178,7 +178,7 @@ def recolour_objects(
             continue
         grey = rng.random() < 0.5
         target = np.full(colour_channels, rng.random()) if grey else rng.random(colour_channels)
-        inside = _box_pixels(b, h, w)
+        inside = box_pixels(b, h, w)
         if inside is None:
             continue
         sub, mask = inside
@@ -189,7 +189,7 @@ def recolour_objects(
     return img if out is None else out
 
 
-def _box_pixels(b: np.ndarray, h: int, w: int) -> tuple[tuple[slice, slice], np.ndarray] | None:
+def box_pixels(b: np.ndarray, h: int, w: int) -> tuple[tuple[slice, slice], np.ndarray] | None:
     """(window, mask of its pixel centres inside the rotated box) or None off the chip."""
     half = np.hypot(b[2], b[3]) / 2
     c0, c1 = max(0, int(b[0] - half)), min(w, int(np.ceil(b[0] + half)) + 1)

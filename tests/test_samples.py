@@ -186,3 +186,41 @@ def _tiny_config(tmp_path):
     path = tmp_path / "tiny.yaml"
     path.write_text("data:\n  chip_size: 64\n")
     return path
+
+
+def _patch(image, known, boxes, classes, heads, focus=-1):
+    from geodetect.samples import Patch
+
+    n = image.shape[-1]
+    return Patch(image.astype(np.float16), np.ones((n, n), np.uint8), known.astype(np.uint8),
+                 np.asarray(boxes, float).reshape(-1, 5), np.asarray(classes, int),
+                 np.asarray(heads, float), 0, (0, 0), focus)  # fmt: skip
+
+
+def test_paste_copies_the_focus_object_into_known_background_with_its_label():
+    """The positive a patch is centred on (not its neighbour) lands on a known pixel of the
+    negative patch: its pixels copied, its box moved with them (size, angle, heading and
+    class kept), its footprint known; the source and the negative are left as they were."""
+    from geodetect.samples import paste_positives
+
+    n = 64
+    src_img = np.zeros((3, n, n), np.float32)
+    focus = [32.0, 32.0, 20.0, 8.0, 90.0]  # a car along +x at the centre
+    src_img[:, 28:36, 22:42] = 0.9
+    src_img[:, 2:6, 2:6] = 0.5  # a neighbour, not to be pasted
+    src = _patch(src_img, np.ones((n, n)), [[4.0, 4.0, 4.0, 4.0, 0.0], focus], [1, 1], [7.0, 95.0], 1)
+    known = np.zeros((n, n))
+    known[40:50, 10:20] = 1  # the only known spot of the negative
+    neg = _patch(np.full((3, n, n), 0.1), known, np.zeros((0, 5)), [], [])
+    out = paste_positives(neg, [src], np.random.default_rng(0))
+    assert len(out.boxes) == 1 and out.classes.tolist() == [1]
+    cx, cy = out.boxes[0, :2]
+    assert 10 <= cx < 20 and 40 <= cy < 50
+    assert out.boxes[0, 2:].tolist() == focus[2:] and out.headings.tolist() == [95.0]
+    r0, c0 = int(cy) - 4, int(cx) - 10  # the car's 20 x 8 pixels, moved
+    assert np.allclose(out.image[:, r0 : r0 + 8, c0 : c0 + 20], 0.9, atol=1e-3)
+    assert (out.known[r0 : r0 + 8, c0 : c0 + 20] == 1).all()
+    assert (out.image > 0.2).sum() == 3 * 20 * 8  # nothing else, not the neighbour
+    assert len(neg.boxes) == 0 and float(neg.image.max()) == pytest.approx(0.1, abs=1e-3)
+    nothing = _patch(np.zeros((3, n, n)), np.zeros((n, n)), np.zeros((0, 5)), [], [])
+    assert paste_positives(nothing, [src], np.random.default_rng(0)) is nothing
