@@ -319,6 +319,15 @@ def main() -> None:
 
         image, labels = few_labels_set(work)
         config = load_config(args.few_config, {"train.epochs": args.epochs})
+        if args.pretrain:  # the backbone from the scene's own unlabelled pixels
+            from geodetect.pretraining import pretrain
+
+            t0 = time.perf_counter()
+            bb = pretrain([str(image)], work / "backbone_few.pt", config=config, device=args.device)
+            config = load_config(
+                args.few_config, {"train.epochs": args.epochs, "model.pretrained": str(bb)}
+            )
+            print(f"pretrain (few): {time.perf_counter() - t0:.0f} s")
         t0 = time.perf_counter()
         model = train([str(image)], str(labels), config=config, out_dir=work / "run_few",
                       device=args.device, seed=0)  # fmt: skip

@@ -116,7 +116,7 @@ class TrainConfig(_Section):
         5.0, ge=1, description="oversampling of confusers inside negatives"
     )
     paste: float = Field(
-        0.0,
+        0.5,
         ge=0,
         le=1,
         description="probability that a negative chip gets 1-3 training positives pasted in "
