@@ -208,7 +208,8 @@ def test_paste_copies_the_focus_object_into_known_background_with_its_label():
     focus = [32.0, 32.0, 20.0, 8.0, 90.0]  # a car along +x at the centre
     src_img[:, 28:36, 22:42] = 0.9
     src_img[:, 2:6, 2:6] = 0.5  # a neighbour, not to be pasted
-    src = _patch(src_img, np.ones((n, n)), [[4.0, 4.0, 4.0, 4.0, 0.0], focus], [1, 1], [7.0, 95.0], 1)
+    near = [4.0, 4.0, 4.0, 4.0, 0.0]
+    src = _patch(src_img, np.ones((n, n)), [near, focus], [1, 1], [7.0, 95.0], 1)
     known = np.zeros((n, n))
     known[40:50, 10:20] = 1  # the only known spot of the negative
     neg = _patch(np.full((3, n, n), 0.1), known, np.zeros((0, 5)), [], [])

@@ -590,9 +590,8 @@ def test_tta_validation_pass_maps_every_pass_back_to_the_view():
     img[:, 40:44, 88:92] = 1.0  # centre (90, 42): off-centre, so a wrong turn misplaces it
     view = Patch(img, np.ones((128, 128), np.uint8), np.ones((128, 128), np.uint8),
                  np.zeros((0, 5)), np.zeros(0, int), np.zeros(0), 0, (1000, 2000))  # fmt: skip
-    project = SimpleNamespace(
-        has_front=[False], upright=[True], config=SimpleNamespace(infer=SimpleNamespace(nms_iou=0.3))
-    )
+    infer_cfg = SimpleNamespace(infer=SimpleNamespace(nms_iou=0.3))
+    project = SimpleNamespace(has_front=[False], upright=[True], config=infer_cfg)
     dev = torch.device("cpu")
     plain = training.eval_detections(Finder(), [view], project, dev, tta=False)
     fused = training.eval_detections(Finder(), [view], project, dev, tta=True)
