@@ -29,6 +29,7 @@ QUICK = {
     "train.chips_per_epoch": 64,
     "train.batch_size": 8,
     "train.val_fraction": 0.0,
+    "train.recolour": 0.0,  # crowns keep their colours, as in configs/trees.yaml
     "infer.tile": 128,
     "infer.overlap": 32,
 }
