@@ -143,7 +143,7 @@ class TrainConfig(_Section):
         "noise, JPEG, shadow) per chip",
     )
     recolour: float = Field(
-        0.5,
+        0.0,
         ge=0,
         le=1,
         description="probability that a positive is repainted (new mean colour, shading "
