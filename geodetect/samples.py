@@ -281,7 +281,6 @@ def _focus_index(p: Patch) -> int | None:
     return int(idx[np.argmin(d)])
 
 
-
 def known_at_stride(valid: np.ndarray, known: np.ndarray, stride: int = STRIDE) -> np.ndarray:
     """(1, H/stride, W/stride) float32: cells whose pixels are mostly valid and known."""
     m = (valid > 0) & (known > 0)

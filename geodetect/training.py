@@ -78,7 +78,6 @@ class ChipSet(torch.utils.data.Dataset):
         item["neg_index"] = neg_index
         return item
 
-
     def _pasted(self, patch: Patch, index: int) -> Patch:
         """With probability `train.paste`, the negative patch with 1-3 positives pasted in
         (its own random stream: recipes without pasting keep theirs)."""
