@@ -21,7 +21,7 @@ Few-labels case: a generated 2048² scene at 0.25 m with only 10 positives per c
 usual negative regions, evaluated (AP50) on bench_infer's three unseen scenes.
 
     python benchmarks/bench_real.py [--config configs/trees.yaml] [--epochs N]
-        [--set train.lr=0.002 ...] [--cases yell,osbs,soap,few] [--pretrain]
+        [--set train.lr=0.002 ...] [--cases yell,osbs,soap,few] [--pretrain [--pretrain-on all]]
         [--init MODEL.pt] [--threshold 0.05] [--threads 2] [--keep DIR]
     python benchmarks/bench_real.py --write-sample data    # the committed crop (data/)
 """
@@ -239,6 +239,9 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], help="overrides like train.lr=0.002")
     ap.add_argument("--cases", default="yell,osbs,soap,few")
     ap.add_argument("--pretrain", action="store_true", help="pretrain the backbone first")
+    ap.add_argument("--pretrain-on", choices=["train", "all"], default="train",
+                    help="pretrain on the training part only, or on every scene of the real "
+                    "cases (the user's unlabelled scenes: both Yellowstone parts, OSBS, SOAP)")  # fmt: skip
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threshold", type=float, default=0.05,
@@ -283,11 +286,12 @@ def main() -> None:
             from geodetect.pretraining import pretrain
 
             t0 = time.perf_counter()
-            bb = pretrain(
-                [str(y["train"])], work / "backbone.pt", config=config, device=args.device
-            )
+            scenes = [str(y["train"])]
+            if args.pretrain_on == "all":  # unlabelled pixels of every scene, test parts too
+                scenes += [str(c["image"]) for c in real.values()]
+            bb = pretrain(scenes, work / "backbone.pt", config=config, device=args.device)
             config = load_config(args.config, {**overrides, "model.pretrained": str(bb)})
-            print(f"pretrain: {time.perf_counter() - t0:.0f} s")
+            print(f"pretrain on {len(scenes)} scenes: {time.perf_counter() - t0:.0f} s")
         t0 = time.perf_counter()
         model = train(
             [str(y["train"])], str(y["labels"]), config=config, out_dir=work / "run_real",

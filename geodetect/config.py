@@ -122,6 +122,13 @@ class TrainConfig(_Section):
         description="probability that a negative chip gets 1-3 training positives pasted in "
         "(each object on background that is known to hold nothing else)",
     )
+    paste_rows: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="probability that a pasted positive comes as a row of 2-4 copies side by "
+        "side (parked cars, a closed stand of crowns: neighbours that touch)",
+    )
     val_fraction: float = Field(
         0.2, ge=0, lt=1, description="share of positives held out for validation"
     )

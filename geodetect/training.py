@@ -85,7 +85,7 @@ class ChipSet(torch.utils.data.Dataset):
         if rng.random() >= self.cfg.paste:
             return patch
         picks = [self.pick_positive(rng) for _ in range(int(rng.integers(1, 4)))]
-        return paste_positives(patch, picks, rng)
+        return paste_positives(patch, picks, rng, rows=self.cfg.paste_rows)
 
     def pick_positive(self, rng: np.random.Generator) -> Patch:
         """A positive patch of a uniformly drawn class."""

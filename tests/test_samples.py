@@ -225,3 +225,39 @@ def test_paste_copies_the_focus_object_into_known_background_with_its_label():
     assert len(neg.boxes) == 0 and float(neg.image.max()) == pytest.approx(0.1, abs=1e-3)
     nothing = _patch(np.zeros((3, n, n)), np.zeros((n, n)), np.zeros((0, 5)), [], [])
     assert paste_positives(nothing, [src], np.random.default_rng(0)) is nothing
+
+
+def test_paste_rows_put_copies_side_by_side_along_the_short_axis():
+    """With rows 1 every pasted object comes as 2-4 copies, side by side across its width
+    (a car parked beside its twin), apart by 5-30 % of the width so none overlap, each with
+    its pixels, box, class and heading; rows 0 pastes exactly what it pasted before."""
+    from geodetect.geometry import rotated_iou
+    from geodetect.samples import paste_positives
+
+    n = 96
+    src_img = np.zeros((3, n, n), np.float32)
+    focus = [48.0, 48.0, 20.0, 8.0, 90.0]  # along +x: side by side means stacked in y
+    src_img[:, 44:52, 38:58] = 0.9
+    src = _patch(src_img, np.ones((n, n)), [focus], [1], [95.0], 1)
+    known = np.zeros((n, n))
+    known[20:24, 40:44] = 1
+    neg = _patch(np.full((3, n, n), 0.1), known, np.zeros((0, 5)), [], [])
+    counts = set()
+    for seed in range(8):
+        out = paste_positives(neg, [src], np.random.default_rng(seed), rows=1.0)
+        k = len(out.boxes)
+        counts.add(k)
+        assert 2 <= k <= 4 and out.classes.tolist() == [1] * k
+        assert out.headings.tolist() == [95.0] * k
+        order = np.argsort(out.boxes[:, 1])
+        b = out.boxes[order]
+        assert np.allclose(b[:, 0], b[0, 0])  # same column: across the width, not along
+        gaps = np.diff(b[:, 1])
+        assert ((gaps >= 8 * 1.05 - 1) & (gaps <= 8 * 1.3 + 1)).all()
+        assert rotated_iou(b, b)[np.triu_indices(k, 1)].max() == 0
+        painted = (out.image[0] > 0.5).sum()
+        assert painted == k * 20 * 8  # every copy whole, none overlapping
+    assert len(counts) > 1
+    one = paste_positives(neg, [src], np.random.default_rng(3))
+    zero = paste_positives(neg, [src], np.random.default_rng(3), rows=0.0)
+    assert np.array_equal(one.boxes, zero.boxes) and np.array_equal(one.image, zero.image)
