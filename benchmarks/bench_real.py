@@ -240,8 +240,8 @@ def main() -> None:
     ap.add_argument("--cases", default="yell,osbs,soap,few")
     ap.add_argument("--pretrain", action="store_true", help="pretrain the backbone first")
     ap.add_argument("--pretrain-on", choices=["train", "all"], default="train",
-                    help="pretrain on the training part only, or on every scene of the real "
-                    "cases (the user's unlabelled scenes: both Yellowstone parts, OSBS, SOAP)")  # fmt: skip
+                    help="pretrain on the training part, or on every scene of the real cases "
+                    "(unlabelled: both Yellowstone parts, OSBS, SOAP)")  # fmt: skip
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threshold", type=float, default=0.05,
