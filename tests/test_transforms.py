@@ -166,9 +166,7 @@ def test_recolour_leaves_the_elevation_channel_and_a_recipe_without_it_keeps_its
     assert np.array_equal(out[..., 3], img[..., 3])
     cfg = dict(rotate=True, flip=True, scale_jitter=0.1, colour_jitter=0.1, photometric=0.0)
     plain = transforms.draw_params(np.random.default_rng(5), SimpleNamespace(**cfg), 10)
-    off = transforms.draw_params(
-        np.random.default_rng(5), SimpleNamespace(**cfg, recolour=0.0), 10
-    )
+    off = transforms.draw_params(np.random.default_rng(5), SimpleNamespace(**cfg, recolour=0.0), 10)
     on = transforms.draw_params(np.random.default_rng(5), SimpleNamespace(**cfg, recolour=0.5), 10)
     assert plain == off
     assert (on.rotate, on.dx, on.scale, on.recolour) == (plain.rotate, plain.dx, plain.scale, 0.5)
