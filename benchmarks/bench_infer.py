@@ -17,6 +17,7 @@ Files are cached in --work (default bench_out/infer, git-ignored): the model (tr
 the default recipe when no --model is given), its .onnx exports and the scenes.
 
     python benchmarks/bench_infer.py [--threads 2] [--model run/model.pt] [--skip rss]
+        [--tile 1024 --batch-size 1]
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def unseen_scenes(work: Path, tag: str, **kw):
     return images, gpd.GeoDataFrame(pd.concat(truths, ignore_index=True), crs=truths[0].crs)
 
 
-def bench_quality(model: Path, work: Path, device: str) -> None:
+def bench_quality(model: Path, work: Path, device: str, **tiling) -> None:
     """AP50 / F1 / angle and heading errors on the unseen test scenes, also at 0.35 m GSD
     with a colour cast, TTA off and on (the README's quality rows)."""
     from geodetect.evaluation import evaluate
@@ -98,7 +99,12 @@ def bench_quality(model: Path, work: Path, device: str) -> None:
         images, truth = unseen_scenes(work, tag, **kw)
         for use_tta in (False, True):
             out = infer(
-                model, images, out=work / f"{tag}_{use_tta}.gpkg", device=device, tta=use_tta
+                model,
+                images,
+                out=work / f"{tag}_{use_tta}.gpkg",
+                device=device,
+                tta=use_tta,
+                **tiling,
             )
             m = evaluate(out, truth, iou=0.5)
             parts = []
@@ -271,6 +277,7 @@ def main() -> None:
     ap.add_argument("--rss-size", type=int, default=16384)
     ap.add_argument("--tile", type=int, help="--tile for every run (default: the model's)")
     ap.add_argument("--overlap", type=int, help="--overlap for every run (default: the model's)")
+    ap.add_argument("--batch-size", type=int, help="--batch-size for every run (the model's)")
     ap.add_argument("--repeat", type=int, default=1, help="end-to-end runs per cell (best kept)")
     ap.add_argument("--only", nargs="*", default=[], help="variant names, e.g. 'torch fp32'")
     ap.add_argument(
@@ -293,7 +300,8 @@ def main() -> None:
     if not model.exists():
         model = train_model(work, args.device, args.epochs)
     runs = variants(work, model, args.device, args.only)
-    tiling = [f"--{k}={v}" for k, v in (("tile", args.tile), ("overlap", args.overlap)) if v]
+    chosen = (("tile", args.tile), ("overlap", args.overlap), ("batch-size", args.batch_size))
+    tiling = [f"--{k}={v}" for k, v in chosen if v]
     runs = {name: (path, [*extra, *tiling]) for name, (path, extra) in runs.items()}
     dense, truth = dense_scene(work, args.speed_size)
     sparse = sparse_scene(work, args.speed_size, dense)
@@ -337,6 +345,7 @@ def main() -> None:
                 precision=precision,
                 tile=args.tile,
                 overlap=args.overlap,
+                batch_size=args.batch_size,
             )
             rows[name]["ap_test"] = ap50(out, test_truth)
             if "dense_out" in rows[name]:
@@ -350,7 +359,10 @@ def main() -> None:
     ref = float(np.mean(refs)) if refs else float("nan")
     print_table(rows, ref, load)
     if "quality" not in args.skip:
-        bench_quality(model, work, args.device)
+        bench_quality(
+            model, work, args.device, tile=args.tile, overlap=args.overlap,
+            batch_size=args.batch_size,
+        )  # fmt: skip
     if "rss" not in args.skip:
         big = dense_mosaic(work, args.rss_size, dense)
         mpx = args.rss_size**2 / 1e6

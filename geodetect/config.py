@@ -163,11 +163,11 @@ class TrainConfig(_Section):
 class InferConfig(_Section):
     """Detection over whole scenes."""
 
-    tile: int = Field(512, ge=64, description="tile side in pixels at the model GSD")
+    tile: int = Field(1024, ge=64, description="tile side in pixels at the model GSD")
     overlap: int = Field(
         128, ge=0, description="tile overlap in pixels; must exceed the largest object"
     )
-    batch_size: int = Field(4, ge=1)
+    batch_size: int = Field(1, ge=1, description="tiles per forward pass")
     threshold: float = Field(0.3, ge=0, le=1, description="minimum score kept")
     nms_iou: float = Field(0.3, ge=0, le=1, description="rotated-IoU for merging duplicates")
     tta: bool = Field(False, description="rotated/flipped passes fused")

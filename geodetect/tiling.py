@@ -39,7 +39,10 @@ class Settings:
     threshold: float
     nms_iou: float
     tta: bool
-    max_det: int = 500
+    max_det: int = 500  # per tile; resolve_settings scales it with the tile's area
+
+
+MAX_DET_PER_512 = 500  # detections kept per 512² of tile: a 1024² tile keeps 2,000
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,10 @@ def resolve_settings(info: ModelInfo, **overrides: Any) -> Settings:
     tile = int(math.ceil(cfg.tile / info.multiple) * info.multiple)
     if cfg.overlap >= tile // 2:
         raise InputError(f"--overlap {cfg.overlap} must be less than half the tile ({tile} px)")
-    return Settings(tile, cfg.overlap, cfg.batch_size, cfg.threshold, cfg.nms_iou, cfg.tta)
+    max_det = max(MAX_DET_PER_512, round(MAX_DET_PER_512 * (tile / 512) ** 2))
+    return Settings(
+        tile, cfg.overlap, cfg.batch_size, cfg.threshold, cfg.nms_iou, cfg.tta, max_det
+    )
 
 
 def check_scene(image: str, info: ModelInfo) -> Any:
