@@ -78,9 +78,7 @@ def resolve_settings(info: ModelInfo, **overrides: Any) -> Settings:
     if cfg.overlap >= tile // 2:
         raise InputError(f"--overlap {cfg.overlap} must be less than half the tile ({tile} px)")
     max_det = max(MAX_DET_PER_512, round(MAX_DET_PER_512 * (tile / 512) ** 2))
-    return Settings(
-        tile, cfg.overlap, cfg.batch_size, cfg.threshold, cfg.nms_iou, cfg.tta, max_det
-    )
+    return Settings(tile, cfg.overlap, cfg.batch_size, cfg.threshold, cfg.nms_iou, cfg.tta, max_det)
 
 
 def check_scene(image: str, info: ModelInfo) -> Any:
