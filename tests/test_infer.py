@@ -243,6 +243,7 @@ def test_rotated_scene_gives_rotated_detections(trained_model, baseline, scene_p
     rotd = gpd.read_file(out)
     rotd = rotd.set_geometry(shapely.transform(rotd.geometry.values, back))
     orig = gpd.read_file(baseline)
+    truth = gpd.read_file(scene_pair[1].truth)
     for name in set(orig["class"]):
         o, r = orig[orig["class"] == name], rotd[rotd["class"] == name]
         strong = o[o["score"] >= 0.5]
@@ -250,7 +251,14 @@ def test_rotated_scene_gives_rotated_detections(trained_model, baseline, scene_p
             continue
         m = class_metrics(table_boxes(r), r["score"].to_numpy(), table_boxes(strong), 0.5)
         assert m["recall"] >= 0.8, name
-        assert m["angle_error_median"] <= 5.0, name
+        # Angles against the truth, the rotated run about as right as the original one: a
+        # frame error would cost tens of degrees. (Run against run, two 2-7° errors of one
+        # building on a scene with three of them could add up to 9°: model noise, not frame.)
+        t = table_boxes(truth[truth["class"] == name])
+        m_orig = class_metrics(table_boxes(o), o["score"].to_numpy(), t, 0.5)
+        m_rot = class_metrics(table_boxes(r), r["score"].to_numpy(), t, 0.5)
+        assert m_rot["angle_error_median"] <= m_orig["angle_error_median"] + 5.0, name
+        assert m_rot["angle_error_median"] <= 10.0, name
 
 
 def test_tta_and_multi_scene_into_one_file(trained_model, scene_pair, tmp_path):
