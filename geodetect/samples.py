@@ -249,10 +249,10 @@ def paste_positives(
         inside = transforms.box_pixels(b, *src.image.shape[-2:])
         if inside is None:
             continue
-        (rows_, cols), mask = inside
+        (win_rows, win_cols), mask = inside
         dest = free[int(rng.integers(len(free)))]
         r, c = np.nonzero(mask)
-        r, c = r + rows_.start, c + cols.start
+        r, c = r + win_rows.start, c + win_cols.start
         ok = src.valid[r, c] > 0
         r, c = r[ok], c[ok]
         for ox, oy in _row_offsets(b, rng, rows):

@@ -139,6 +139,20 @@ def test_model_info_is_frozen_and_fills_defaults():
         ModelInfo.from_meta({"classes": ["car"]}, "m.onnx")
 
 
+def test_settings_default_to_1024_tiles_and_keep_detections_per_area():
+    """A model file without saved infer settings tiles at 1024² in batches of 1; the
+    detections kept per tile grow with its area (a 1024² tile of a busy car park holds four
+    512² tiles' worth) and never fall below 500."""
+    from geodetect.tiling import resolve_settings
+
+    info = ModelInfo.from_meta({"classes": ["car"], "gsd": 0.25})
+    s = resolve_settings(info)
+    assert (s.tile, s.overlap, s.batch_size, s.max_det) == (1024, 128, 1, 2000)
+    assert resolve_settings(info, tile=512, batch_size=4).max_det == 500
+    assert resolve_settings(info, tile=256, overlap=64).max_det == 500
+    assert resolve_settings(info, tile=2048).max_det == 8000
+
+
 # ------------------------------------------------------------------ one downward path
 
 
