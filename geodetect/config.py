@@ -129,12 +129,6 @@ class TrainConfig(_Section):
         description="probability that a pasted positive comes as a row of 2-4 copies side by "
         "side (parked cars, a closed stand of crowns: neighbours that touch)",
     )
-    giou: float = Field(
-        0.0,
-        ge=0,
-        description="weight of a GIoU loss on each box (position and size relative to the "
-        "object's own size) beside the per-term regression losses; 0: off",
-    )
     ema: float = Field(
         0.0,
         ge=0,

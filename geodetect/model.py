@@ -208,38 +208,8 @@ def focal_loss(
     return (pos_loss.sum() + neg_loss.sum()) / n_pos, per_chip.detach()
 
 
-def box_giou(pred: torch.Tensor, target: torch.Tensor, stride: int = STRIDE) -> torch.Tensor:
-    """GIoU per cell between the predicted and the target box, both in the target's frame.
-
-    `pred` / `target` are the regression maps (N, 4+, H, W): offset to the centre (cells) and
-    log length / width (px). The centre error is turned into the target object's axes (its
-    angle from the target's (cos 2a, sin 2a)), so this is the boxes' exact IoU when the angles
-    agree: an error in position or size costs in proportion to the object's own size, small
-    objects as much as large ones, which is what AP at an IoU threshold measures.
-    """
-    d = (pred[:, 0:2] - target[:, 0:2]) * stride  # centre error in px (x, y)
-    a = torch.atan2(target[:, 5], target[:, 4]) / 2
-    u, v = torch.sin(a), -torch.cos(a)  # long axis in the pixel frame (targets.py)
-    along = d[:, 0] * u + d[:, 1] * v
-    across = -d[:, 0] * v + d[:, 1] * u
-    pl, pw = torch.exp(pred[:, 2].clamp(-2.0, 8.0)), torch.exp(pred[:, 3].clamp(-2.0, 8.0))
-    tl, tw = torch.exp(target[:, 2]), torch.exp(target[:, 3])
-
-    def overlap(c: torch.Tensor, p: torch.Tensor, t: torch.Tensor) -> tuple:
-        lo, hi = torch.maximum(c - p / 2, -t / 2), torch.minimum(c + p / 2, t / 2)
-        span = torch.maximum(c + p / 2, t / 2) - torch.minimum(c - p / 2, -t / 2)
-        return (hi - lo).clamp(min=0), span
-
-    ix, ex = overlap(along, pl, tl)
-    iy, ey = overlap(across, pw, tw)
-    inter = ix * iy
-    union = pl * pw + tl * tw - inter
-    hull = ex * ey
-    return inter / union - (hull - union) / hull
-
-
 def detection_loss(
-    out: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], giou_weight: float = 0.0
+    out: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
     """Total loss, its parts (floats), and per-chip background loss.
 
@@ -259,12 +229,16 @@ def detection_loss(
     # Heading weighs 3: the front/back call of a dark car rests on a faint rear-window cue and
     # is learnt last; at weight 1 unseen vehicles' headings were right 84-91 %, at 3 95-98 %.
     total = hm + off + size + 2.0 * ang + 3.0 * head
-    terms = {"heatmap": hm, "offset": off, "size": size, "angle": ang, "heading": head}
-    if giou_weight > 0:
-        giou = ((1 - box_giou(pred, targets["reg"])) * box_w[:, 0]).sum() / n_box
-        total = total + giou_weight * giou
-        terms["giou"] = giou
-    parts = {k: float(v.detach()) for k, v in terms.items()}
+    parts = {
+        k: float(v.detach())
+        for k, v in {
+            "heatmap": hm,
+            "offset": off,
+            "size": size,
+            "angle": ang,
+            "heading": head,
+        }.items()
+    }
     return total, parts, per_chip
 
 

@@ -476,7 +476,7 @@ def _train(
         for step, batch in enumerate(loader):
             batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
             try:
-                loss, per_chip = _step(model, batch, opt, scaler, dev, tc.amp, tc.giou)
+                loss, per_chip = _step(model, batch, opt, scaler, dev, tc.amp)
             except Exception as exc:
                 if not is_oom(exc):
                     raise
@@ -574,13 +574,11 @@ def _final_net(net: torch.nn.Module, average: WeightAverage | None) -> torch.nn.
     return net if average is None else average.averaged(net)
 
 
-def _step(
-    model, batch, opt, scaler, dev, amp, giou_weight=0.0
-) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+def _step(model, batch, opt, scaler, dev, amp) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
     """One optimiser step (forward, scaled backward, step); (loss, per-chip loss)."""
     with autocast(dev, amp):
         outputs = model(batch["image"])
-    loss, _parts, per_chip = detection_loss(outputs, batch, giou_weight)
+    loss, _parts, per_chip = detection_loss(outputs, batch)
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(opt)

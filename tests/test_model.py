@@ -11,7 +11,6 @@ import torch
 from geodetect.errors import ModelError
 from geodetect.geometry import round_boxes
 from geodetect.model import (
-    box_giou,
     build_model,
     decode,
     detection_loss,
@@ -130,44 +129,6 @@ def test_unknown_pixels_carry_no_loss():
     logits2[0, 0, 3, 12] = 15.0
     loss2, _, _ = detection_loss({**out, "heatmap": logits2}, batch)
     assert float(loss2) == pytest.approx(float(loss), rel=1e-6)
-
-
-def _reg(cx, cy, length, width, angle):
-    """One cell's regression targets (offset cells, log px sizes, (cos 2a, sin 2a))."""
-    a = np.radians(angle)
-    v = [cx, cy, np.log(length), np.log(width), np.cos(2 * a), np.sin(2 * a), 0.0, 0.0]
-    return torch.tensor(v, dtype=torch.float32).view(1, 8, 1, 1)
-
-
-def test_giou_is_the_boxes_iou_in_the_objects_frame():
-    t = _reg(0.5, 0.5, 20, 10, 30)
-    assert float(box_giou(t, t)) == pytest.approx(1.0)
-    assert float(box_giou(_reg(0.5, 0.5, 10, 10, 30), t)) == pytest.approx(0.5)  # half length
-    a = np.radians(30)  # 10 px along the long axis (sin a, -cos a): 10 x 10 of 20 x 10 + 20 x 10
-    moved = _reg(0.5 + 10 * np.sin(a) / 4, 0.5 - 10 * np.cos(a) / 4, 20, 10, 30)
-    assert float(box_giou(moved, t)) == pytest.approx(1 / 3, abs=1e-5)
-    # apart by 40 px across: no overlap, GIoU below 0 and lower the further apart
-    far = [_reg(0.5 + d * np.cos(a) / 4, 0.5 + d * np.sin(a) / 4, 20, 10, 30) for d in (12, 40)]
-    g = [float(box_giou(f, t)) for f in far]
-    assert g[1] < g[0] < 0
-
-
-def test_giou_weight_adds_a_term_that_trains_the_box():
-    t = encode_targets(
-        np.array([[20.0, 20.0, 16, 6, 30]]), np.array([0]), np.array([np.nan]), (64, 64), 1
-    )
-    batch = {k: torch.as_tensor(v)[None] for k, v in t.items()}
-    batch["known"] = torch.ones(1, 1, 16, 16)
-    size = torch.zeros(1, 2, 16, 16, requires_grad=True)
-    zeros = torch.zeros(1, 2, 16, 16)
-    out = {"heatmap": torch.zeros(1, 1, 16, 16), "offset": zeros, "size": size}
-    out.update(angle=zeros, heading=zeros)
-    plain, parts, _ = detection_loss(out, batch)
-    with_giou, parts_g, _ = detection_loss(out, batch, giou_weight=2.0)
-    assert "giou" not in parts and 0 < parts_g["giou"] <= 2
-    assert float(with_giou) == pytest.approx(float(plain) + 2.0 * parts_g["giou"], rel=1e-5)
-    with_giou.backward()
-    assert (size.grad[0, 0] < 0).any()  # the 1 px boxes are pushed to grow
 
 
 def test_model_file_round_trip_and_weights_only(tmp_path):
