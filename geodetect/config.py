@@ -129,14 +129,6 @@ class TrainConfig(_Section):
         description="probability that a pasted positive comes as a row of 2-4 copies side by "
         "side (parked cars, a closed stand of crowns: neighbours that touch)",
     )
-    ema: float = Field(
-        0.0,
-        ge=0,
-        lt=1,
-        description="decay of an exponential moving average of the weights, updated each "
-        "step; validation and the saved model use the average (0: off; 0.998 ~ the last 500 "
-        "steps)",
-    )
     val_fraction: float = Field(
         0.2, ge=0, lt=1, description="share of positives held out for validation"
     )

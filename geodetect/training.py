@@ -24,7 +24,6 @@ from geodetect import ddp, transforms
 from geodetect.atomic import atomic_path
 from geodetect.config import Config, dump_config
 from geodetect.device import autocast, empty_cache, is_oom, resolve_device, use_amp
-from geodetect.ema import WeightAverage
 from geodetect.errors import GeodetectError, InputError
 from geodetect.model import build_model, decode, detection_loss, load_model, make_arch, model_blob
 from geodetect.project import Project, load_project, split_validation
@@ -438,11 +437,8 @@ def _train(
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     history: list[dict] = []
     start = 0
-    average = WeightAverage(net, tc.ema) if tc.ema > 0 else None
     if ckpt is not None:
         net.load_state_dict(ckpt["model"])
-        if average is not None and ckpt.get("ema") is not None:
-            average.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["optimizer"])
         data.neg_weights = ckpt["neg_weights"].numpy().astype(np.float64)
         history, start = list(ckpt["history"]), int(ckpt["epoch"])
@@ -487,8 +483,6 @@ def _train(
                     + ("; --resume continues from the last finished epoch" if epoch else "")
                 ) from None
             sched.step()
-            if average is not None:
-                average.update(ddp.unwrap(model))
             losses.append(float(loss.detach()))
             ni = batch["neg_index"].cpu().numpy()
             for i, v in zip(ni, per_chip.cpu().numpy(), strict=True):
@@ -508,8 +502,7 @@ def _train(
                     }
                 )
         data.neg_weights = _hard_negative_weights(data.neg_weights, neg_loss, neg_count, tc, dev)
-        final = _final_net(ddp.unwrap(model), average)
-        dets = eval_detections(final, vpos + vneg, project, dev) if vpos or vneg else []
+        dets = eval_detections(ddp.unwrap(model), vpos + vneg, project, dev) if vpos or vneg else []
         val = validate(dets, project) if vpos or vneg else {}
         aps = [v for v in val.values() if v is not None]
         record = {
@@ -532,7 +525,6 @@ def _train(
                     "scaler": scaler.state_dict(),
                     "identity": identity,
                     "neg_weights": torch.as_tensor(data.neg_weights),
-                    "ema": average.state_dict() if average is not None else None,
                     "history": history,
                     "epoch": epoch + 1,
                 },
@@ -540,17 +532,16 @@ def _train(
             )
         ddp.barrier()
     bar.close()
-    final = _final_net(ddp.unwrap(model), average)
     size_scale = [1.0] * len(project.classes)
     if vpos:  # the last epoch's pass, or (a resume with no epoch left, or TTA) a new one
         tta = bool(config.infer.tta)  # calibrate the boxes inference will write
         if start >= tc.epochs or tta:
-            dets = eval_detections(final, vpos + vneg, project, dev, tta)
+            dets = eval_detections(ddp.unwrap(model), vpos + vneg, project, dev, tta)
         size_scale = size_calibration(dets, project)
     meta = _meta(project, arch, model_stats, history, config, size_scale)
     path = out / "model.pt"
     if info.is_main:
-        _save(model_blob(final, meta), path)
+        _save(model_blob(ddp.unwrap(model), meta), path)
         summary = {
             "classes": project.classes,
             "gsd": project.gsd,
@@ -567,11 +558,6 @@ def _train(
             tmp.write_text(json.dumps(summary, indent=2))
     ddp.barrier()
     return path
-
-
-def _final_net(net: torch.nn.Module, average: WeightAverage | None) -> torch.nn.Module:
-    """The net that validation sees and the model file holds: the weight average if kept."""
-    return net if average is None else average.averaged(net)
 
 
 def _step(model, batch, opt, scaler, dev, amp) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001

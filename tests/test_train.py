@@ -101,29 +101,6 @@ def test_same_seed_same_model_and_resume_equals_uninterrupted(painted, tmp_path)
     assert [e["epoch"] for e in history] == [1, 2]
 
 
-def test_weight_average_is_what_the_model_file_holds_and_survives_a_resume(painted, tmp_path):
-    """train.ema: validation and model.pt use the averaged weights, not the last step's; the
-    checkpoint keeps the average, so an interrupted run resumes to the same model."""
-    over = {"train.ema": 0.9}
-    straight = _run(painted, tmp_path / "a", over=over)
-    ckpt = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
-    saved = _weights(straight)
-    assert ckpt["ema"]["updates"] == 2 * 2  # 2 epochs x 16 chips / batches of 8
-    for k, v in ckpt["ema"]["shadow"].items():
-        assert torch.equal(saved[k], v), k
-    assert any(not torch.equal(saved[k], v) for k, v in ckpt["model"].items())
-
-    def crash_in_epoch_two(state):
-        if state["epoch"] == 2:
-            raise RuntimeError("stop")
-
-    with pytest.raises(RuntimeError):
-        _run(painted, tmp_path / "c", over=over, callback=crash_in_epoch_two)
-    resumed = _run(painted, tmp_path / "c", over=over, resume=True)
-    for k, v in saved.items():
-        assert torch.allclose(v, _weights(resumed)[k], atol=1e-6), k
-
-
 def test_uint16_imagery_trains_as_uint8(tmp_path):
     # pasting and repainting add nothing to the bit-depth question, and their extra variety
     # lets float-rounding differences between the two normalisations grow past 2 %
