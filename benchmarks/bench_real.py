@@ -21,7 +21,8 @@ Few-labels case: a generated 2048² scene at 0.25 m with only 10 positives per c
 usual negative regions, evaluated (AP50) on bench_infer's three unseen scenes.
 
     python benchmarks/bench_real.py [--config configs/trees.yaml] [--epochs N]
-        [--set train.lr=0.002 ...] [--cases yell,osbs,soap,few] [--pretrain [--pretrain-on all]]
+        [--set train.lr=0.002 ...] [--few-set train.paste_rows=0.5 ...]
+        [--cases yell,osbs,soap,few] [--pretrain [--pretrain-on all]]
         [--init MODEL.pt] [--threshold 0.05] [--threads 2] [--seed N] [--keep DIR]
     python benchmarks/bench_real.py --write-sample data    # the committed crop (data/)
 """
@@ -231,12 +232,26 @@ def fmt(x) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
+def _overrides(items: list[str], epochs: int | None, yaml) -> dict:  # noqa: ANN001
+    """Dotted `key=value` overrides (values as YAML), plus --epochs when given."""
+    out = {}
+    for item in items:
+        key, value = item.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    if epochs:
+        out["train.epochs"] = epochs
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=None, help="YAML for the real cases (e.g. trees.yaml)")
     ap.add_argument("--few-config", default=None, help="YAML for the few-labels case")
     ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--set", nargs="*", default=[], help="overrides like train.lr=0.002")
+    ap.add_argument("--set", nargs="*", default=[],
+                    help="overrides of the real cases' config, like train.lr=0.002")  # fmt: skip
+    ap.add_argument("--few-set", nargs="*", default=[],
+                    help="overrides of the few-labels config: train.paste_rows=0.5")  # fmt: skip
     ap.add_argument("--cases", default="yell,osbs,soap,few")
     ap.add_argument("--pretrain", action="store_true", help="pretrain the backbone first")
     ap.add_argument("--pretrain-on", choices=["train", "all"], default="train",
@@ -265,12 +280,8 @@ def main() -> None:
     from geodetect.inference import infer
     from geodetect.training import train
 
-    overrides = {}
-    for item in args.set:
-        key, value = item.split("=", 1)
-        overrides[key] = yaml.safe_load(value)
-    if args.epochs:
-        overrides["train.epochs"] = args.epochs
+    overrides = _overrides(args.set, args.epochs, yaml)
+    few_overrides = _overrides(args.few_set, args.epochs, yaml)
     cases = args.cases.split(",")
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench_real_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -324,15 +335,13 @@ def main() -> None:
         from bench_infer import unseen_scenes
 
         image, labels = few_labels_set(work)
-        config = load_config(args.few_config, {"train.epochs": args.epochs})
+        config = load_config(args.few_config, few_overrides)
         if args.pretrain:  # the backbone from the scene's own unlabelled pixels
             from geodetect.pretraining import pretrain
 
             t0 = time.perf_counter()
             bb = pretrain([str(image)], work / "backbone_few.pt", config=config, device=args.device)
-            config = load_config(
-                args.few_config, {"train.epochs": args.epochs, "model.pretrained": str(bb)}
-            )
+            config = load_config(args.few_config, {**few_overrides, "model.pretrained": str(bb)})
             print(f"pretrain (few): {time.perf_counter() - t0:.0f} s")
         t0 = time.perf_counter()
         model = train([str(image)], str(labels), config=config, out_dir=work / "run_few",
