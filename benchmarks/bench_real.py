@@ -232,8 +232,10 @@ def fmt(x) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
-def _overrides(items: list[str], epochs: int | None, yaml) -> dict:  # noqa: ANN001
+def _overrides(items: list[str], epochs: int | None) -> dict:
     """Dotted `key=value` overrides (values as YAML), plus --epochs when given."""
+    import yaml
+
     out = {}
     for item in items:
         key, value = item.split("=", 1)
@@ -273,15 +275,14 @@ def main() -> None:
         return
 
     import torch
-    import yaml
 
     torch.set_num_threads(args.threads)
     from geodetect.config import load_config
     from geodetect.inference import infer
     from geodetect.training import train
 
-    overrides = _overrides(args.set, args.epochs, yaml)
-    few_overrides = _overrides(args.few_set, args.epochs, yaml)
+    overrides = _overrides(args.set, args.epochs)
+    few_overrides = _overrides(args.few_set, args.epochs)
     cases = args.cases.split(",")
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench_real_"))
     work.mkdir(parents=True, exist_ok=True)
