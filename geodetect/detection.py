@@ -133,10 +133,15 @@ def read_batches(task: Task, info: ModelInfo, size: int) -> Iterator[tuple]:
             inputs.append(prepare_input(data, valid, ndsm, stats, scale))
             offs.append((col, row))
             if len(inputs) == size:
-                yield np.stack(inputs), offs
+                yield _batch(inputs), offs
                 inputs, offs = [], []
         if inputs:
-            yield np.stack(inputs), offs
+            yield _batch(inputs), offs
+
+
+def _batch(inputs: list[np.ndarray]) -> np.ndarray:
+    """NCHW from (C, H, W) inputs; one input is a view, not a 12 MB copy per 1024² tile."""
+    return inputs[0][None] if len(inputs) == 1 else np.stack(inputs)
 
 
 def _ndsm_block(task: Task, tile: int) -> tuple[np.ndarray | None, tuple[int, int]]:

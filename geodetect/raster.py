@@ -318,6 +318,7 @@ class SceneReader:
         self._ds: rasterio.io.DatasetReader | None = None
         self._vrt: rasterio.vrt.WarpedVRT | None = None
         self._offset: tuple[int, int] | None = None  # direct mode: grid origin in file pixels
+        self._all_valid = False  # direct mode, integer bands without nodata or mask
         self._pid: int | None = None
 
     def __getstate__(self) -> dict:
@@ -343,6 +344,7 @@ class SceneReader:
             self._offset = _integer_offset(native, self.grid)
             if self._offset is None:
                 self._vrt = self._warped(ds, native)
+            self._all_valid = self._offset is not None and all_valid(ds, self.bands)
             self._ds = ds
             self._pid = os.getpid()
 
@@ -374,15 +376,19 @@ class SceneReader:
         self._open()
         col, row = int(round(window.col_off)), int(round(window.row_off))
         w, h = int(round(window.width)), int(round(window.height))
-        data = np.zeros((len(self.bands), h, w), np.float32)
-        valid = np.zeros((h, w), bool)
         c0, r0 = max(col, 0), max(row, 0)
         c1, r1 = min(col + w, self.grid.width), min(row + h, self.grid.height)
-        if c1 <= c0 or r1 <= r0:
-            return data, valid
         src = self._vrt if self._vrt is not None else self._ds
         dc, dr = self._offset or (0, 0)
         inner = Window(c0 + dc, r0 + dr, c1 - c0, r1 - r0)
+        if self._all_valid and (c1 - c0, r1 - r0) == (w, h):  # the common case: no copies
+            with raster_errors(self.path):
+                part = src.read(self.bands, window=inner, out_dtype="float32", boundless=False)
+            return part, np.ones((h, w), bool)
+        data = np.zeros((len(self.bands), h, w), np.float32)
+        valid = np.zeros((h, w), bool)
+        if c1 <= c0 or r1 <= r0:
+            return data, valid
         with raster_errors(self.path):
             part = src.read(self.bands, window=inner, out_dtype="float32", boundless=False)
             masks = src.read_masks(self.bands, window=inner)
@@ -410,6 +416,16 @@ class SceneReader:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self.close()
+
+
+def all_valid(ds: rasterio.io.DatasetReader, bands: list[int]) -> bool:
+    """Every pixel of these bands is valid: integers (no NaN), no nodata value, no mask."""
+    return all(
+        np.issubdtype(np.dtype(ds.dtypes[b - 1]), np.integer)
+        and ds.nodatavals[b - 1] is None
+        and ds.mask_flag_enums[b - 1] == [MaskFlags.all_valid]
+        for b in bands
+    )
 
 
 def _native_grid(ds: rasterio.io.DatasetReader) -> Grid:
@@ -443,12 +459,13 @@ def tile_windows(width: int, height: int, tile: int, overlap: int) -> list[Windo
         raise InputError(f"tile {tile} / overlap {overlap}: need tile >= 1 and 0 <= overlap < tile")
     if width < 1 or height < 1:
         return []
-    cols, rows = _starts(width, tile, tile - overlap), _starts(height, tile, tile - overlap)
+    cols, rows = tile_starts(width, tile, tile - overlap), tile_starts(height, tile, tile - overlap)
     tw, th = min(tile, width), min(tile, height)
     return [Window(c, r, tw, th) for r in rows for c in cols]
 
 
-def _starts(size: int, tile: int, step: int) -> list[int]:
+def tile_starts(size: int, tile: int, step: int) -> list[int]:
+    """Offsets of tiles of side `tile` along one axis of `size`, the last flush with the end."""
     if size <= tile:
         return [0]
     starts = list(range(0, size - tile, step))

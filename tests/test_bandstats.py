@@ -63,3 +63,19 @@ def test_sample_pixels_finds_the_data_of_a_mostly_nodata_scene(tmp_path):
         )
     values = sample_pixels(path, [1], max_pixels=20_000, seed=0)
     assert values.shape[1] > 0 and (values == 77).all()
+
+
+def test_sample_pixels_reads_the_same_with_threads(tmp_path: Path, monkeypatch) -> None:
+    """The windows are read by threads with a handle each; the sample must be the serial one
+    (same windows, same order), with and without a nodata mask."""
+    from geodetect import bandstats
+
+    data = np.random.default_rng(4).integers(0, 250, (3, 1536, 1536)).astype(np.uint8)
+    for nodata in (None, 0):
+        path = write_raster(tmp_path / f"s{nodata}.tif", data, utm_grid(1536, 1536), nodata=nodata)
+        threaded = sample_pixels(path, max_pixels=50_000)
+        monkeypatch.setattr(bandstats, "READ_THREADS", 1)
+        serial = sample_pixels(path, max_pixels=50_000)
+        monkeypatch.undo()
+        np.testing.assert_array_equal(threaded, serial)
+        assert serial.shape == (3, 50_000) and (nodata is None or (serial > 0).all())

@@ -20,6 +20,7 @@ from geodetect.bandstats import sample_pixels
 from geodetect.errors import InputError, RasterError
 from geodetect.geotiff import write_raster
 from geodetect.raster import Grid, SceneReader, open_raster, tile_windows, working_grid
+from geodetect.tiling import even_tile
 
 
 @pytest.fixture
@@ -146,6 +147,32 @@ def test_tile_windows_cover_the_grid_exactly(
     assert all(b - a <= tile - overlap for a, b in zip(steps, steps[1:], strict=False))
 
 
+@pytest.mark.parametrize(
+    ("width", "height", "tile", "expect"),
+    [(4096, 4096, 1024, 928), (1100, 1100, 1024, 640), (1024, 1024, 1024, 1024),
+     (300, 200, 1024, 320), (4096, 1000, 1024, 1024), (16384, 16384, 1024, 992),
+     (5000, 3000, 512, 512), (700, 700, 256, 256)],
+)  # fmt: skip
+def test_even_tile_runs_fewer_pixels_with_the_same_tiles(
+    width: int, height: int, tile: int, expect: int
+) -> None:
+    """The evened tile is a multiple of the stride, no larger, needs no more tiles, keeps at
+    least the overlap between neighbours, and still covers the grid."""
+    overlap, multiple = 128, 32
+    even = even_tile(width, height, tile, overlap, multiple)
+    assert even == expect and even % multiple == 0 and even <= tile
+    full = tile_windows(width, height, min(tile, max(width, height)), overlap)
+    wins = tile_windows(width, height, even, overlap)
+    assert len(wins) <= len(full)
+    hits = np.zeros((height, width), np.int8)
+    for w in wins:
+        hits[w.row_off : w.row_off + w.height, w.col_off : w.col_off + w.width] = 1
+    assert hits.all()
+    for axis in ("col_off", "row_off"):
+        starts = sorted({getattr(w, axis) for w in wins})
+        assert all(b - a <= even - overlap for a, b in zip(starts, starts[1:], strict=False))
+
+
 @pytest.mark.parametrize(("tile", "overlap"), [(0, 0), (64, 64), (64, -1)])
 def test_tile_windows_bad_arguments(tile: int, overlap: int) -> None:
     with pytest.raises(InputError):
@@ -173,6 +200,28 @@ def test_reader_subgrid_and_band_selection(rgb: tuple[Path, np.ndarray, Grid]) -
     block, valid = SceneReader(path, sub, bands=[3, 1]).read(Window(0, 0, 50, 40))
     np.testing.assert_array_equal(block, data[[2, 0], 30:70, 20:70])
     assert valid.all()
+
+
+def test_reader_fast_path_matches_the_masked_read(tmp_path: Path) -> None:
+    """Integer bands without nodata skip the mask read and the copies; the result must be
+    what the masked path gives, and a nodata value or NaN must still mark pixels invalid."""
+    grid = utm_grid(96, 80)
+    data = np.random.default_rng(1).integers(1, 250, (3, 80, 96)).astype(np.uint8)
+    plain = write_raster(tmp_path / "plain.tif", data, grid)
+    masked = write_raster(tmp_path / "masked.tif", data, grid, nodata=0)  # no 0 in the data
+    win = Window(8, 4, 64, 64)
+    with SceneReader(plain, grid) as a, SceneReader(masked, grid) as b:
+        (x, vx), (y, vy) = a.read(win), b.read(win)
+        assert a._all_valid and not b._all_valid  # the two paths are what is compared
+    np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(x, data[:, 4:68, 8:72])
+    assert vx.all() and vy.all() and x.dtype == np.float32 and x.flags.writeable
+    holes = data.astype(np.float32)
+    holes[:, 10, 20] = np.nan
+    nan_path = write_raster(tmp_path / "nan.tif", holes, grid)
+    with SceneReader(nan_path, grid) as c:
+        z, vz = c.read(Window(0, 0, 96, 80))
+    assert not c._all_valid and not vz[10, 20] and vz.sum() == 96 * 80 - 1 and z[0, 10, 20] == 0
 
 
 def _bright_spot_scene(path: Path, grid: Grid, row: int, col: int) -> Path:
