@@ -153,6 +153,22 @@ def test_settings_default_to_1024_tiles_and_keep_detections_per_area():
     assert resolve_settings(info, tile=2048).max_det == 8000
 
 
+def test_saved_infer_settings_survive_keys_this_version_does_not_know():
+    """A model saved by a version with a config key this one lacks (there was a `train.ema`)
+    keeps its infer section: validating the whole config once threw it away, and with it the
+    model's TTA (Yellowstone AP@0.4 0.54 -> 0.47). Unknown infer keys are dropped one by one;
+    a value out of range gives this version's defaults, as before."""
+    from geodetect.tiling import resolve_settings
+
+    saved = {"train": {"ema": 0.998}, "infer": {"tta": True, "overlap": 96, "later": 1}}
+    info = ModelInfo.from_meta({"classes": ["tree"], "gsd": 0.1, "config": saved})
+    s = resolve_settings(info)
+    assert s.tta and s.overlap == 96 and s.tile == 1024
+    bad = {"infer": {"tta": True, "overlap": -5}}
+    info = ModelInfo.from_meta({"classes": ["tree"], "gsd": 0.1, "config": bad})
+    assert not resolve_settings(info).tta
+
+
 # ------------------------------------------------------------------ one downward path
 
 
