@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import geopandas as gpd
 import numpy as np
 import shapely
 
 from geodetect.errors import CRSError, InputError
-
-if TYPE_CHECKING:
-    import geopandas as gpd  # imported where used: `infer` loads it beside the first tiles
 
 
 class OutsideError(InputError):
@@ -43,8 +41,6 @@ def load_area(aoi: Any) -> Area:
         return aoi
     if isinstance(aoi, dict):
         return Area(shapely.box(*map(float, aoi["bounds"])), aoi.get("crs"), "region")
-    import geopandas as gpd
-
     if isinstance(aoi, (gpd.GeoDataFrame, gpd.GeoSeries)):
         geoms = aoi if isinstance(aoi, gpd.GeoSeries) else aoi.geometry
         crs, source, assumed = aoi.crs, "aoi", False
@@ -75,8 +71,6 @@ def in_crs(area: Area, crs: Any) -> Any:
         raise CRSError(f"--aoi {area.source}: has no CRS; give the area in a CRS (.gpkg)")
     if crs is None:
         return area.geometry
-    import geopandas as gpd
-
     return gpd.GeoSeries([area.geometry], crs=area.crs).to_crs(crs).iloc[0]
 
 

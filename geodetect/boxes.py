@@ -14,15 +14,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import geopandas as gpd
 import numpy as np
+import pandas as pd
 import shapely
 from affine import Affine
 
 from geodetect import geometry
 
 if TYPE_CHECKING:
-    import geopandas as gpd  # imported where used: `infer` loads it beside the first tiles
-
     from geodetect.raster import Grid
 
 DETECTION_FIELDS = ["class", "score", "angle_deg", "heading_deg", "length_m", "width_m", "image"]
@@ -162,9 +162,6 @@ def detections_frame(
 
     Lengths and angles go through the transform's linear part, so rotated grids are exact.
     """
-    import geopandas as gpd
-    import pandas as pd
-
     boxes = np.asarray(boxes_px, np.float64).reshape(-1, 5)
     heads = np.asarray(headings_px, np.float64).reshape(-1)
     georef = grid.crs is not None
@@ -195,9 +192,6 @@ def labels_frame(
     image: str | None = None,
 ) -> gpd.GeoDataFrame:
     """A contract label table (positives, then negatives) in the grid's CRS from pixel shapes."""
-    import geopandas as gpd
-    import pandas as pd
-
     boxes = np.asarray(boxes_px, np.float64).reshape(-1, 5)
     heads = (
         np.full(len(boxes), np.nan)

@@ -15,8 +15,9 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import geopandas as gpd
 import numpy as np
 from rasterio.windows import Window
 
@@ -28,12 +29,8 @@ from geodetect.errors import GeodetectError, InputError, ModelError, is_out_of_m
 from geodetect.merge import empty_detections, merge_detections
 from geodetect.modelinfo import ModelInfo
 from geodetect.mosaic import name_by_source
-from geodetect.preload import preload
 from geodetect.remote import display_name
 from geodetect.tiling import Settings, Task, plan_tasks, resolve_settings
-
-if TYPE_CHECKING:
-    import geopandas as gpd
 
 SEAM_SLACK_PX = 2.0  # cores of adjacent tiles overlap by this much; NMS removes the duplicates
 PRECISIONS = ("fp32", "bf16")
@@ -231,7 +228,6 @@ def run_task(
     tile = task.tile
     boxes, scores, classes, heads = [], [], [], []
     n_valid = 0
-    loaded = preload("geopandas")  # for the frame below; imports while the tiles run
     with ThreadPoolExecutor(max_workers=1) as pool:
         batches = read_batches(task, det.info, max(det.batch_size, settings.batch_size))
         pending = pool.submit(next, batches, None)
@@ -253,7 +249,6 @@ def run_task(
                 heads.append(np.asarray(d["headings"], np.float64).reshape(-1)[keep])
                 if on_tile:
                     on_tile()
-    loaded()
     name = display_name(task.image)
     if not boxes or sum(len(b) for b in boxes) == 0:
         frame = empty_detections(g.crs)

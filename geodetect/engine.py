@@ -22,7 +22,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import geopandas as gpd
 
 from geodetect.errors import GeodetectError, InputError
 from geodetect.manifest import (
@@ -35,11 +37,8 @@ from geodetect.manifest import (
     shard_select,
 )
 
-if TYPE_CHECKING:
-    import geopandas as gpd  # imported where used: `infer` loads it beside the first tiles
-
-Runner = Callable[[Any], "gpd.GeoDataFrame"]
-Merge = Callable[[list["gpd.GeoDataFrame"]], "gpd.GeoDataFrame"]
+Runner = Callable[[Any], gpd.GeoDataFrame]
+Merge = Callable[[list[gpd.GeoDataFrame]], gpd.GeoDataFrame]
 PART_SUFFIX = ".gpkg"
 CONNECT_TIMEOUT = "20s"  # to reach an existing scheduler
 _PART_RE = re.compile(r"^[0-9a-f]{64}\.gpkg$")
@@ -259,8 +258,6 @@ class _Failure:
 
 
 def _unwrap(item: WorkItem, value: Any) -> gpd.GeoDataFrame:
-    import geopandas as gpd
-
     if isinstance(value, _Failure):
         raise value.error
     if not isinstance(value, gpd.GeoDataFrame):

@@ -14,7 +14,9 @@ import hashlib
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import geopandas as gpd
 
 from geodetect.aoi import OutsideError, load_area
 from geodetect.atomic import check_out_dir
@@ -33,9 +35,6 @@ from geodetect.manifest import canonical_json, file_sha256, parse_shard, scene_c
 from geodetect.modelinfo import ModelInfo
 from geodetect.remote import display_name
 from geodetect.tiling import Settings, Task, check_scene, plan_tasks, resolve_settings
-
-if TYPE_CHECKING:
-    import geopandas as gpd
 
 VECTOR_SUFFIXES = {".gpkg", ".geojson", ".json", ".shp", ".fgb"}
 

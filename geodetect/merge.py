@@ -8,23 +8,19 @@ pixel frame.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import geopandas as gpd
 import numpy as np
+import pandas as pd
 
 from geodetect import geometry
 from geodetect.boxes import DETECTION_FIELDS, table_boxes
 from geodetect.errors import CRSError
 
-if TYPE_CHECKING:
-    import geopandas as gpd
-
 
 def empty_detections(crs: Any = None) -> gpd.GeoDataFrame:
     """A detections frame with the contract's columns and no rows (typed for writing)."""
-    import geopandas as gpd
-    import pandas as pd
-
     cols = {
         "class": pd.Series([], dtype=object),
         "score": pd.Series([], dtype=float),
@@ -65,9 +61,6 @@ def merge_detections(
     (`frame.attrs["scene"]`, set by infer), so scenes that share a file name (STAC assets
     all called TCI.tif) are not merged together; the `image` column when absent. CRSError
     when CRS-less and georeferenced frames are mixed."""
-    import geopandas as gpd
-    import pandas as pd
-
     from geodetect.north import reproject_detections
 
     frames = [f for f in frames if f is not None]

@@ -197,20 +197,16 @@ def test_bf16_path_matches_fp32(model_pt, scene, tmp_path):
 
 _ONNX_ONLY = """
 import json, sys
-import geodetect.detection as d
 from geodetect.cli import main
-pre, at_tiles = d.preload, []
-d.preload = lambda name: (at_tiles.append(name in sys.modules), pre(name))[1]
+from geodetect.detection import detect
+n = len(detect(sys.argv[1], sys.argv[2], device="cpu"))
 assert main(["infer", sys.argv[1], sys.argv[2], "--device", "cpu", "--out", sys.argv[3]]) == 0
-n = len(d.detect(sys.argv[1], sys.argv[2], device="cpu"))
-print(json.dumps({"n": n, "torch": sorted(m for m in sys.modules if m.split(".")[0] == "torch"),
-                  "gpd_at_tiles": at_tiles}))
+print(json.dumps({"n": n, "torch": sorted(m for m in sys.modules if m.split(".")[0] == "torch")}))
 """
 
 
 def test_onnx_path_never_imports_torch(model_pt, scene, tmp_path):
-    """`detect` and `geodetect infer` on an .onnx skip torch's seconds of import, and
-    `infer` imports GeoPandas only beside its first tiles (in a thread, `preload`)."""
+    """`detect` and `geodetect infer` on an .onnx skip torch's seconds of import."""
     onnx_path = tmp_path / "m.onnx"
     assert main(["export", str(model_pt), "--out", str(onnx_path)]) == 0
     argv = [sys.executable, "-c", _ONNX_ONLY, str(onnx_path), str(scene), str(tmp_path / "d.gpkg")]
@@ -218,4 +214,3 @@ def test_onnx_path_never_imports_torch(model_pt, scene, tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     got = json.loads(run.stdout.strip().splitlines()[-1])
     assert got["torch"] == [] and got["n"] > 20
-    assert got["gpd_at_tiles"] == [False, True]  # infer: not yet loaded; detect: by then it is
