@@ -78,7 +78,8 @@ def resolve_settings(info: ModelInfo, **overrides: Any) -> Settings:
 
 
 def saved_infer(config: dict | None) -> InferConfig:
-    """The infer section a model file was saved with, read on its own and key by key.
+    """The infer section a model file was saved with, read on its own, keys this version does
+    not know dropped.
 
     A key this version does not know, anywhere in the saved config (a model from a newer or
     an experimental version), must not cost the model its infer settings: validating the
