@@ -89,6 +89,13 @@ class ModelConfig(_Section):
         None,
         description="local backbone weights: a `geodetect pretrain` file or a torchvision .pth",
     )
+    members: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="networks trained apart (seeds seed, seed+1, ...) whose detections are "
+        "fused at inference, as TTA passes are: N times the training and inference time",
+    )
     orientation_free: Literal["auto"] | list[str] = Field(
         "auto",
         description="classes without orientation (axis-aligned output); auto: classes whose "

@@ -171,26 +171,46 @@ def _core(off: int, tile: int, size: int, overlap: int) -> tuple[float, float]:
 
 
 def _forward(det: Detector, batch: np.ndarray, settings: Settings) -> list[dict]:
-    """Decoded detections per image, tile pixel frame; TTA passes fused when asked."""
+    """Decoded detections per image, tile pixel frame; the TTA passes and an ensemble's
+    members (each pass of each member one "pass" of the fusion) fused when there are several.
+
+    An ensemble's output holds its members' outputs member-major along the batch; each
+    member's sizes take its own calibration (`member_size_scale`) before the fusion.
+    """
     passes = tta_passes.PASSES if settings.tta else ((0, False),)
-    thr = settings.threshold * 0.5 if settings.tta else settings.threshold
-    per_image: list[list[dict]] = [[] for _ in range(batch.shape[0])]
+    members = det.info.members
+    fused = len(passes) * members > 1
+    thr = settings.threshold * 0.5 if fused else settings.threshold
+    n = batch.shape[0]
+    per_image: list[list[dict]] = [[] for _ in range(n)]
     size = (batch.shape[2], batch.shape[3])
     front = list(det.info.has_front)
     for p, (k, flip) in enumerate(passes):
         out = det.net(tta_passes.augment(batch, k, flip))
-        for i, d in enumerate(decode_arrays(out, thr, front, settings.max_det)):
-            if not settings.tta:
+        for j, d in enumerate(decode_arrays(out, thr, front, settings.max_det)):
+            member, i = divmod(j, n)
+            if not fused:
                 per_image[i].append(d)
                 continue
             boxes, heads = tta_passes.unaugment(d["boxes"], d["headings"], size, k, flip)
-            per_image[i].append({**d, "boxes": boxes, "headings": heads, "pass": p})
-    if not settings.tta:
+            scale = _member_scale(det.info, member)
+            if scale is not None:
+                boxes[:, 2:4] *= scale[np.asarray(d["classes"], np.int64), None]
+            pass_id = member * len(passes) + p
+            per_image[i].append({**d, "boxes": boxes, "headings": heads, "pass": pass_id})
+    if not fused:
         return [dets[0] for dets in per_image]
+    n_passes = len(passes) * members
     return [
-        tta_passes.fuse(dets, len(passes), settings.nms_iou, settings.threshold)
-        for dets in per_image
+        tta_passes.fuse(dets, n_passes, settings.nms_iou, settings.threshold) for dets in per_image
     ]
+
+
+def _member_scale(info: ModelInfo, member: int) -> np.ndarray | None:
+    """Per-class size factors of one ensemble member (None: a single network, or no factors)."""
+    if info.members == 1 or member >= len(info.member_size_scale):
+        return None
+    return np.asarray(info.member_size_scale[member], np.float64)
 
 
 def _run_batch(det: Detector, inputs: np.ndarray, settings: Settings) -> list[dict]:

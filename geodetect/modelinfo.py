@@ -33,6 +33,7 @@ class ModelInfo:
     arch: dict[str, Any] = field(default_factory=dict, hash=False)
     precision: str = "fp32"  # "int8" for a quantised ONNX export
     size_scale: tuple[float, ...] = ()  # per class: factor on detected sizes (calibration)
+    member_size_scale: tuple[tuple[float, ...], ...] = ()  # per member of an ensemble, per class
     meta: dict[str, Any] = field(default_factory=dict, hash=False, compare=False, repr=False)
 
     @classmethod
@@ -59,8 +60,16 @@ class ModelInfo:
             arch=dict(meta.get("arch") or {}),
             precision=str(meta.get("precision") or "fp32"),
             size_scale=_factors(meta.get("size_scale"), n, source),
+            member_size_scale=tuple(
+                _factors(f, n, source) for f in meta.get("member_size_scale") or ()
+            ),
             meta=meta,
         )
+
+    @property
+    def members(self) -> int:
+        """Networks in the model (an ensemble's outputs come member-major along the batch)."""
+        return int(self.arch.get("members", 1))
 
     @property
     def multiple(self) -> int:

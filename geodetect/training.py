@@ -26,6 +26,7 @@ from geodetect.config import Config, dump_config
 from geodetect.device import autocast, empty_cache, is_oom, resolve_device, use_amp
 from geodetect.errors import GeodetectError, InputError
 from geodetect.model import build_model, decode, detection_loss, load_model, make_arch, model_blob
+from geodetect.modelfile import load_file
 from geodetect.project import Project, load_project, split_validation
 from geodetect.resume import check_resume, run_identity
 from geodetect.samples import Patch, extract_patches, make_chip, paste_positives
@@ -374,11 +375,102 @@ def train(
     check_not_input([out / "model.pt", out / "metrics.json", out / CHECKPOINT], inputs)
     dev = resolve_device(device)
     with ddp.distributed(dev) as (info, dev):
+        if config.model.members > 1:
+            return _train_members(
+                images, labels, pointclouds, config, out, dev, seed, resume, progress, callback,
+                info, extend, init,
+            )  # fmt: skip
         return _train(
             images, labels, pointclouds, config, out, dev, seed, resume, progress, callback, info,
             extend=extend,
             init=init,
         )  # fmt: skip
+
+
+def _train_members(
+    images, labels, pointclouds, config, out, dev, seed, resume, progress, callback, info, extend,
+    init,
+) -> Path:  # fmt: skip
+    """`model.members` networks, each a whole training run of its own in `DIR/memberK/` (seed
+    + K - 1, so its own draws, validation split and size calibration; `--init` member K from
+    the init model's member K), then `DIR/model.pt` holding them all as one Ensemble.
+
+    Why apart: with a few hundred labels two runs of one recipe differ by +-0.05 AP and err
+    in different places, so their fused boxes beat each of them (README, "Real imagery").
+    A resume resumes each member."""
+    n = config.model.members
+    single = config.model_copy(update={"model": config.model.model_copy(update={"members": 1})})
+    paths = [
+        _train(
+            images,
+            labels,
+            pointclouds,
+            single,
+            out / f"member{k + 1}",
+            dev,
+            seed + k,
+            resume,
+            progress,
+            _member_callback(callback, k, n),
+            info,
+            extend=extend,
+            init=init,
+            init_member=k,
+        )  # fmt: skip
+        for k in range(n)
+    ]
+    path = out / "model.pt"
+    if info.is_main:
+        blob = ensemble_blob([load_file(p) for p in paths], dump_config(config))
+        _save(blob, path)
+        runs = [json.loads((p.parent / "metrics.json").read_text()) for p in paths]
+        summary = {k: v for k, v in runs[0].items() if k not in ("epochs", "size_scale")}
+        summary["members"] = [{"dir": p.parent.name, **r} for p, r in zip(paths, runs, strict=True)]
+        with atomic_path(out / "metrics.json") as tmp:
+            tmp.write_text(json.dumps(summary, indent=2))
+    ddp.barrier()
+    return path
+
+
+def ensemble_blob(blobs: list[dict], config: dict) -> dict:
+    """One model file's dict from its members' (same classes, bands and network shape): the
+    weights under `members.K.`, each member's size calibration kept for its own boxes."""
+    first = blobs[0]
+    n = len(blobs)
+    classes = first["classes"]
+    val: dict[str, float | None] = {}
+    for c in classes:
+        aps = [b["metrics"]["val_ap50"].get(c) for b in blobs]
+        aps = [a for a in aps if a is not None]
+        val[c] = float(np.mean(aps)) if aps else None
+    return {
+        **first,
+        "state_dict": {
+            f"members.{k}.{key}": v
+            for k, b in enumerate(blobs)
+            for key, v in b["state_dict"].items()
+        },  # fmt: skip
+        "arch": {**first["arch"], "members": n},
+        "config": config,
+        "size_scale": [1.0] * len(classes),  # applied per member, before the fusion
+        "member_size_scale": [list(b["size_scale"]) for b in blobs],
+        "metrics": {"val_ap50": val, "members": [b["metrics"] for b in blobs]},
+    }
+
+
+def _member_callback(
+    callback: Callable[[dict], None] | None, k: int, n: int
+) -> Callable[[dict], None] | None:
+    """Progress of member k of n as steps of the whole run (a progress bar fills once)."""
+    if callback is None:
+        return None
+
+    def report(event: dict) -> None:
+        total = event["total_steps"]
+        step = k * total + event["step"]
+        callback({**event, "step": step, "total_steps": n * total, "member": k + 1, "members": n})
+
+    return report
 
 
 def _train(
@@ -395,6 +487,7 @@ def _train(
     info,
     extend,
     init=None,
+    init_member=0,
 ):
     identity = run_identity(list(map(str, images)), str(labels), pointclouds, config, seed, init)
     ckpt = _load_checkpoint(out / CHECKPOINT) if resume else None
@@ -412,7 +505,7 @@ def _train(
     if init is not None:
         from geodetect.weights import warm_start
 
-        warm_start(net, init, project.classes, project.bands)
+        warm_start(net, init, project.classes, project.bands, init_member)
     try:
         net = net.to(dev)
     except Exception as exc:

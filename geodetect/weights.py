@@ -58,8 +58,8 @@ def load_backbone(backbone: nn.Module, path: str | Path, arch: dict[str, Any]) -
     state = blob.get("state_dict")
     if not isinstance(state, dict):
         raise ModelError(f"{path}: backbone file has no weights")
-    if blob["format"] == FORMAT:  # a whole model: take its backbone
-        state = {k[9:]: v for k, v in state.items() if k.startswith("backbone.")}
+    if blob["format"] == FORMAT:  # a whole model: take its (first member's) backbone
+        state = {k[9:]: v for k, v in member_state(state, 0).items() if k.startswith("backbone.")}
     have = blob.get("arch") or {}
     want = {k: arch.get(k, 1 if k == "depth" else "none" if k == "backbone" else None)
             for k in ARCH_KEYS}  # fmt: skip
@@ -87,6 +87,7 @@ def fit_config_to(config: Any, meta: dict[str, Any]) -> Any:
             "width": int(arch["width"]),
             "depth": int(arch.get("depth", 1)),
             "backbone": arch.get("backbone", "none"),
+            "members": int(arch.get("members", 1)),
             "preset": None,
             "pretrained": None,
         }
@@ -97,10 +98,23 @@ def fit_config_to(config: Any, meta: dict[str, Any]) -> Any:
     return config.model_copy(update={"model": model, "data": data})
 
 
-def warm_start(net: nn.Module, path: str | Path, classes: list[str], bands: list[int]) -> list[str]:
+def member_state(state: dict[str, Any], member: int) -> dict[str, Any]:
+    """One network's weights from a model's state_dict: an ensemble's member `member` (modulo
+    its size), or the whole state_dict of a single network."""
+    members = sorted({int(k.split(".")[1]) for k in state if k.startswith("members.")})
+    if not members:
+        return state
+    prefix = f"members.{members[member % len(members)]}."
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def warm_start(
+    net: nn.Module, path: str | Path, classes: list[str], bands: list[int], member: int = 0
+) -> list[str]:
     """Copy an existing model's weights into `net` (built for `classes`); returns the classes
     that start fresh (new heads). Classes are matched by name; the backbone, pyramid and
-    regression head are shared by all classes and always carried over."""
+    regression head are shared by all classes and always carried over. From an ensemble,
+    `member` picks the network (member k of a new ensemble starts from member k)."""
     from geodetect.modelfile import load_file
 
     blob = load_file(path)
@@ -111,7 +125,7 @@ def warm_start(net: nn.Module, path: str | Path, classes: list[str], bands: list
             "set data.bands"
         )
     state = net.state_dict()
-    old = blob["state_dict"]
+    old = member_state(blob["state_dict"], member)
     for key, value in old.items():
         if key not in state:
             raise ModelError(f"{path}: weights do not fit the network (unexpected key {key})")

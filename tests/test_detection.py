@@ -202,3 +202,78 @@ def test_no_import_circle_through_detection():
     circles = [m for m in DETECTION_PATH if reaches(m, m)]
     assert not circles, f"in an import circle: {circles}"
     assert set(DETECTION_PATH) <= graph.keys()
+
+
+def _twins(model_pt: Path, path: Path, scales: list[list[float]]) -> Path:
+    """The model file's network twice, as a two-member ensemble with these member scales."""
+    from geodetect.training import ensemble_blob
+
+    blob = torch.load(model_pt, weights_only=True)
+    blobs = [{**blob, "size_scale": s, "metrics": {"val_ap50": {}}} for s in scales]
+    torch.save(ensemble_blob(blobs, blob["config"]), path)
+    return path
+
+
+def test_an_ensemble_of_one_network_twice_detects_what_it_does(model_pt, scenes, tmp_path):
+    """Two identical members, with TTA: each box comes twice and the fused box and score are
+    the network's own (12 passes fused as its 6). A member read from the wrong batch rows
+    breaks it."""
+    twins = _twins(model_pt, tmp_path / "twins.pt", [[1.0, 1.0], [1.0, 1.0]])
+    det = load_detector(twins, "cpu")
+    assert det.info.members == 2 and det.info.member_size_scale == ((1.0, 1.0), (1.0, 1.0))
+    one = detect(model_pt, scenes["utm"], device="cpu", tta=True)
+    two = detect(det, scenes["utm"], device="cpu", tta=True)
+    assert len(one) > 20
+    pd.testing.assert_frame_equal(
+        pd.DataFrame(one.drop(columns="geometry")),
+        pd.DataFrame(two.drop(columns="geometry")),
+        check_dtype=False,
+    )
+
+
+def test_each_member_takes_its_own_size_factor_before_the_fusion():
+    """Members that see one 16 x 8 px object, calibrated x1 and x1.21: one box, 1.1 times
+    the size (the geometric mean), at the network's score."""
+    import numpy as np
+
+    from geodetect.detection import Detector, _forward
+    from geodetect.tiling import resolve_settings
+
+    def net(batch: np.ndarray) -> dict:
+        n = 2 * batch.shape[0]  # two members, member-major
+        heat = np.full((n, 1, 16, 16), -20.0, np.float32)
+        heat[:, 0, 8, 8] = 3.0
+        reg = np.zeros((n, 8, 16, 16), np.float32)
+        reg[:, 2], reg[:, 3], reg[:, 4] = np.log(16.0), np.log(8.0), 1.0
+        return {"heatmap": heat, "offset": reg[:, 0:2], "size": reg[:, 2:4],
+                "angle": reg[:, 4:6], "heading": reg[:, 6:8]}  # fmt: skip
+
+    meta = {"classes": ["car"], "gsd": 0.25, "arch": {"members": 2}}
+    batch = np.zeros((1, 3, 64, 64), np.float32)
+    plain = ModelInfo.from_meta({**meta, "member_size_scale": [[1.0], [1.0]]})
+    scaled = ModelInfo.from_meta({**meta, "member_size_scale": [[1.0], [1.21]]})
+    (a,) = _forward(Detector(net, plain, "cpu", 1), batch, resolve_settings(plain))
+    (b,) = _forward(Detector(net, scaled, "cpu", 1), batch, resolve_settings(scaled))
+    assert len(a["scores"]) == len(b["scores"]) == 1
+    assert b["scores"][0] == pytest.approx(a["scores"][0]) == pytest.approx(1 / (1 + np.exp(-3)))
+    assert b["boxes"][0, 2:4] == pytest.approx(1.1 * a["boxes"][0, 2:4])
+    assert b["boxes"][0, :2] == pytest.approx(a["boxes"][0, :2])
+
+
+def test_an_ensemble_without_tta_fuses_its_members(model_pt, scenes, tmp_path):
+    """Without TTA the members are the passes: a box only one member finds scores half."""
+    from geodetect.training import ensemble_blob
+
+    blob = torch.load(model_pt, weights_only=True)
+    quiet = {k: torch.zeros_like(v) if k == "heatmap.weight" else v.clone()
+             for k, v in blob["state_dict"].items()}  # fmt: skip
+    quiet["heatmap.bias"] = torch.full_like(quiet["heatmap.bias"], -20.0)  # finds nothing
+    common = {"size_scale": [1.0, 1.0], "metrics": {"val_ap50": {}}}
+    members = [{**blob, **common}, {**blob, **common, "state_dict": quiet}]
+    path = tmp_path / "half.pt"
+    torch.save(ensemble_blob(members, blob["config"]), path)
+    one = detect(model_pt, scenes["utm"], device="cpu", threshold=0.35)
+    half = detect(path, scenes["utm"], device="cpu", threshold=0.35)
+    assert len(one) > 20
+    assert (half["score"] >= 0.35).all() and (half["score"] <= 0.5).all()  # one member of two
+    assert len(half) == (one["score"] >= 0.7).sum()

@@ -214,3 +214,23 @@ def test_onnx_path_never_imports_torch(model_pt, scene, tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     got = json.loads(run.stdout.strip().splitlines()[-1])
     assert got["torch"] == [] and got["n"] > 20
+
+
+def test_an_ensemble_exports_as_one_graph_with_parity(model_pt, scene, tmp_path):
+    """A two-member model exports as one ONNX graph (outputs member-major along the batch)
+    and ONNX Runtime fuses its members as torch does."""
+    from geodetect.training import ensemble_blob
+
+    blob = torch.load(model_pt, weights_only=True)
+    other = model_blob(_random_net(3), {k: v for k, v in blob.items() if k != "state_dict"})
+    members = [{**b, "size_scale": [1.0, 1.2], "metrics": {"val_ap50": {}}} for b in (blob, other)]
+    pt = tmp_path / "ens.pt"
+    torch.save(ensemble_blob(members, blob["config"]), pt)
+    onnx_path = tmp_path / "ens.onnx"
+    assert main(["export", str(pt), "--out", str(onnx_path)]) == 0
+    a = gpd.read_file(infer(pt, [scene], out=tmp_path / "pt.gpkg", device="cpu"))
+    b = gpd.read_file(infer(onnx_path, [scene], out=tmp_path / "onnx.gpkg", device="cpu"))
+    assert len(a) > 20
+    a, b = _paired(a, b)
+    np.testing.assert_allclose(a["score"], b["score"], atol=1e-3)
+    np.testing.assert_allclose(a["length_m"], b["length_m"], rtol=1e-3)

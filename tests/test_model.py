@@ -20,6 +20,8 @@ from geodetect.model import (
 from geodetect.targets import MULTIPLE, encode_targets
 
 ARCH = {"in_channels": 4, "n_classes": 2, "width": 8, "backbone": "none", "multiple": MULTIPLE}
+META = {"classes": ["a", "b"], "has_front": [True, False], "bands": [1, 2, 3], "elevation": True,
+        "gsd": 0.25, "normalisation": {}, "config": {}}  # fmt: skip
 
 
 def test_network_outputs_at_stride_four():
@@ -133,16 +135,7 @@ def test_unknown_pixels_carry_no_loss():
 
 def test_model_file_round_trip_and_weights_only(tmp_path):
     net = build_model(ARCH)
-    meta = {
-        "classes": ["a", "b"],
-        "has_front": [True, False],
-        "bands": [1, 2, 3],
-        "elevation": True,
-        "gsd": 0.25,
-        "arch": ARCH,
-        "normalisation": {},
-        "config": {},
-    }
+    meta = {**META, "arch": ARCH}
     path = tmp_path / "model.pt"
     torch.save(model_blob(net, meta), path)
     loaded, got = load_model(path)
@@ -204,3 +197,26 @@ def test_torchvision_backbone_with_local_weights(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"junk")
     with pytest.raises(ModelError):
         build_model({**arch, "pretrained": str(tmp_path / "junk.pth")})
+
+
+def test_an_ensemble_outputs_its_members_member_major_and_round_trips(tmp_path):
+    """Batch B in, members x B out, member k's rows its own network's outputs; the file
+    loads back as the same ensemble (a GeoNet state_dict does not fit it)."""
+    torch.manual_seed(0)
+    arch = {**ARCH, "members": 2}
+    net = build_model(arch).eval()
+    x = torch.randn(3, ARCH["in_channels"], 64, 64)
+    with torch.no_grad():
+        out = net(x)
+        for k, member in enumerate(net.members):
+            own = member(x)
+            for name, value in own.items():
+                torch.testing.assert_close(out[name][3 * k : 3 * k + 3], value)
+    path = tmp_path / "ens.pt"
+    torch.save(model_blob(net, {**META, "arch": arch}), path)
+    back, meta = load_model(path)
+    assert meta["arch"]["members"] == 2 and len(back.members) == 2
+    single = tmp_path / "single.pt"
+    torch.save(model_blob(build_model(ARCH), {**META, "arch": arch}), single)
+    with pytest.raises(ModelError, match="do not fit"):
+        load_model(single)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import geopandas as gpd
 import numpy as np
 import pytest
 import shapely
@@ -74,3 +75,45 @@ def test_init_from_a_file_that_is_no_model_is_one_error_line(base, tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "junk.pt" in err[0]
     assert not out.exists()
+
+
+def test_members_train_apart_and_are_saved_as_one_ensemble(base, tmp_path):
+    """model.members 2: two whole runs (seeds 0 and 1) in member1/ and member2/, their weights
+    under members.K. of model.pt with each one's size calibration; progress counts the steps
+    of both; `--init` from it fine-tunes both members, member K from member K; it detects."""
+    import json
+
+    from geodetect.inference import infer
+
+    steps: list[tuple[int, int, int]] = []
+    cfg = load_config(None, {**TINY, "model.members": 2})
+    out = tmp_path / "ens"
+
+    def seen(e: dict) -> None:
+        steps.append((e["step"], e["total_steps"], e["member"]))
+
+    path = train([str(base["img"])], str(base["labels"]), None, cfg, out, device="cpu",
+                 callback=seen)  # fmt: skip
+    blob = torch.load(path, weights_only=True)
+    assert blob["arch"]["members"] == 2 and len(blob["member_size_scale"]) == 2
+    own = [torch.load(out / f"member{k}" / "model.pt", weights_only=True) for k in (1, 2)]
+    for k, member in enumerate(own):
+        assert member["arch"].get("members", 1) == 1
+        for key, value in member["state_dict"].items():
+            assert torch.equal(blob["state_dict"][f"members.{k}.{key}"], value)
+    heads = [m["state_dict"]["heatmap.weight"] for m in own]
+    assert not torch.equal(*heads)  # seeds 0 and 1
+    assert [s for s, _, _ in steps] == list(range(1, steps[-1][1] + 1))  # one bar, filled once
+    assert [m for *_, m in steps] == sorted(m for *_, m in steps) and steps[-1][2] == 2
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [m["dir"] for m in metrics["members"]] == ["member1", "member2"]
+
+    net = build_model(make_arch(3, 1, load_config(None, TINY).model))
+    warm_start(net, path, ["car"], [1, 2, 3], member=1)
+    assert all(torch.equal(v, own[1]["state_dict"][k]) for k, v in net.state_dict().items())
+    fine = train([str(base["img"])], str(base["labels"]), None, load_config(None, TINY),
+                 tmp_path / "fine", device="cpu", init=path)  # fmt: skip
+    assert torch.load(fine, weights_only=True)["arch"]["members"] == 2  # the init's, kept
+
+    found = gpd.read_file(infer(path, [str(base["img"])], out=tmp_path / "d.gpkg", threshold=0.0))
+    assert len(found) > 0 and set(found["class"]) == {"car"}
