@@ -54,3 +54,14 @@ def test_visible_region_uses_public_api(dock, qtbot) -> None:
     assert x0 <= left < right <= x1 and y1 <= bottom < top <= y0
     assert (right - left) < 0.75 * (x1 - x0)  # only part of the scene
     assert region["crs"] == meta["crs"]
+
+
+def test_train_progress_counts_an_ensembles_members(dock) -> None:
+    """model.members: one bar over all members' steps, and which member is training."""
+    tab = dock.train_tab
+    tab.show_progress({"epoch": 3, "epochs": 5, "step": 130, "total_steps": 200, "loss": 0.5,
+                       "member": 2, "members": 2})  # fmt: skip
+    assert tab.progress.maximum() == 200 and tab.progress.value() == 130
+    assert tab.loss.text().startswith("member 2/2  epoch 3/5")
+    tab.show_progress({"epoch": 1, "epochs": 5, "step": 10, "total_steps": 100, "loss": 0.5})
+    assert tab.loss.text().startswith("epoch 1/5")

@@ -55,6 +55,8 @@ class TrainTab(QWidget):
             self.progress.setRange(0, total)
             self.progress.setValue(min(int(state.get("step") or 0), total))
         parts = []
+        if int(state.get("members") or 1) > 1:  # an ensemble trains its members one by one
+            parts.append(f"member {state.get('member')}/{state['members']}")
         if "epoch" in state:
             parts.append(f"epoch {state['epoch']}/{state.get('epochs', '?')}")
         if state.get("loss") is not None:
