@@ -312,10 +312,12 @@ def main() -> None:
             device=args.device, seed=args.seed, init=args.init,
         )  # fmt: skip
         secs = time.perf_counter() - t0
-        val = json.loads((work / "run_real" / "metrics.json").read_text())["epochs"][-1]
+        metrics = json.loads((work / "run_real" / "metrics.json").read_text())
+        runs = metrics.get("members") or [metrics]  # an ensemble: each member's own run
+        val = " / ".join(fmt(r["epochs"][-1]["val_mean_ap50"]) for r in runs)
         print(
-            f"train (real): {secs:.0f} s, {config.train.epochs} epochs, "
-            f"val AP50 {fmt(val['val_mean_ap50'])}; load {os.getloadavg()[0]:.1f}"
+            f"train (real): {secs:.0f} s, {config.train.epochs} epochs x {len(runs)}, "
+            f"val AP50 {val}; load {os.getloadavg()[0]:.1f}"
         )
         for name in ("yell", "osbs", "soap"):
             if name not in cases:
