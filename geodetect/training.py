@@ -372,7 +372,10 @@ def train(
         config = fit_config_to(config, load_model(init)[1])  # a checked model file
     out = Path(out_dir)
     inputs = [*map(str, images), str(labels), *(pointclouds or []), config.model.pretrained, init]
-    check_not_input([out / "model.pt", out / "metrics.json", out / CHECKPOINT], inputs)
+    members = config.model.members if config.model.members > 1 else 0  # DIR/memberK of each
+    dirs = [out, *(out / f"member{k + 1}" for k in range(members))]
+    written = [d / name for d in dirs for name in ("model.pt", "metrics.json", CHECKPOINT)]
+    check_not_input(written, inputs)
     dev = resolve_device(device)
     with ddp.distributed(dev) as (info, dev):
         if config.model.members > 1:

@@ -11,6 +11,7 @@ from _painted import write_scene
 
 from geodetect.cli import main
 from geodetect.config import load_config
+from geodetect.errors import InputError
 from geodetect.model import build_model, load_model, make_arch
 from geodetect.training import train
 from geodetect.weights import warm_start
@@ -117,3 +118,12 @@ def test_members_train_apart_and_are_saved_as_one_ensemble(base, tmp_path):
 
     found = gpd.read_file(infer(path, [str(base["img"])], out=tmp_path / "d.gpkg", threshold=0.0))
     assert len(found) > 0 and set(found["class"]) == {"car"}
+
+    # a member's file as the backbone of a new ensemble in the same folder: member 1 would
+    # overwrite it before member 2 reads it
+    before = (out / "member1" / "model.pt").read_bytes()
+    reuse = {**TINY, "model.members": 2, "model.pretrained": str(out / "member1" / "model.pt")}
+    with pytest.raises(InputError, match="member1"):
+        train([str(base["img"])], str(base["labels"]), None, load_config(None, reuse), out,
+              device="cpu")  # fmt: skip
+    assert (out / "member1" / "model.pt").read_bytes() == before
