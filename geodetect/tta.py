@@ -121,7 +121,8 @@ def fuse(dets: list[dict], n_passes: int, iou: float, threshold: float) -> dict:
 
 
 def _mean_box(boxes: np.ndarray, w: np.ndarray) -> np.ndarray:
-    w = w / w.sum()
+    total = w.sum()  # zero when --threshold 0 keeps boxes scoring 0: then a plain mean
+    w = w / total if total > 0 else np.full(len(w), 1.0 / len(w))
     a2 = np.radians(boxes[:, 4] * 2)
     angle = np.degrees(np.arctan2((w * np.sin(a2)).sum(), (w * np.cos(a2)).sum())) / 2 % 180
     cx, cy = (w[:, None] * boxes[:, :2]).sum(0)

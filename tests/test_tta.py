@@ -121,3 +121,14 @@ def test_fuse_keeps_classes_apart_and_counts_a_pass_once():
     assert np.isnan(out["headings"]).all()
     # score-weighted centre of the three class-0 boxes
     assert out["boxes"][0, 0] == pytest.approx((0.9 * 20 + 0.5 * 20.2 + 0.6 * 20) / 2.0)
+
+
+def test_fuse_of_boxes_scoring_zero_gives_their_plain_mean():
+    """--threshold 0 keeps peaks scoring 0: their fused box is the plain mean, not NaN."""
+    dets = [
+        _det([20, 20, 10, 4, 30.0], 0.0, 0, np.nan, 0),
+        _det([22, 20, 10, 4, 30.0], 0.0, 0, np.nan, 1),
+    ]
+    out = tta.fuse(dets, n_passes=2, iou=0.3, threshold=0.0)
+    assert len(out["scores"]) == 1 and np.isfinite(out["boxes"]).all()
+    assert out["boxes"][0, :2] == pytest.approx([21.0, 20.0])
