@@ -174,7 +174,7 @@ class Ensemble(nn.Module):
     in, M x B out), so torch, ONNX export and ONNX Runtime run one network, and inference
     decodes each member and fuses their boxes as it fuses TTA passes (`detection._forward`).
 
-    Why boxes and not maps: on the NEON crowns fusing three members' boxes gave AP@0.4 0.600,
+    Why boxes and not maps: on the NEON crowns fusing three members' boxes gave AP@0.4 0.597,
     averaging their heatmaps and regressions cell by cell 0.575 (the members 0.535-0.596).
     """
 
