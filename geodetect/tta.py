@@ -94,14 +94,13 @@ def fuse(dets: list[dict], n_passes: int, iou: float, threshold: float) -> dict:
     for c in np.unique(classes):
         idx = np.nonzero(classes == c)[0]
         idx = idx[np.argsort(-scores[idx], kind="stable")]
-        ious = geometry.rotated_iou(boxes[idx], boxes[idx])
+        near = geometry.iou_neighbours(boxes[idx], iou)
         free = np.ones(len(idx), bool)
         for a in range(len(idx)):
             if not free[a]:
                 continue
-            member = free & (ious[a] >= iou)
-            member[a] = True
-            free &= ~member
+            member = np.sort(np.append(near[a][free[near[a]]], a))
+            free[member] = False
             sel = idx[member]
             best = np.zeros(n_passes)
             np.maximum.at(best, passes[sel], scores[sel])

@@ -182,3 +182,21 @@ def test_nms_bounded_pairs_give_the_textbook_result() -> None:
         thr = float(rng.choice([0.0, 0.1, 0.3, 0.5]))
         got = geometry.rotated_nms(boxes, scores, thr, classes=classes).tolist()
         assert got == _greedy_nms(boxes, scores, thr, classes)
+
+
+def test_iou_neighbours_are_the_rows_of_the_iou_matrix():
+    """Without the N x N matrix, the same neighbours: random crowded boxes (many overlaps),
+    a box twice (IoU 1) and a pair at exactly the threshold (two 2 x 1 boxes sharing half:
+    IoU 1/3), both inclusive as `>=` on the matrix."""
+    rng = np.random.default_rng(0)
+    boxes = np.c_[
+        rng.uniform(0, 40, (300, 2)), rng.uniform(2, 12, (300, 2)), rng.uniform(0, 180, 300)
+    ]
+    boxes = np.vstack([boxes, boxes[:1], [[100, 100, 2, 1, 0], [100, 101, 2, 1, 0]]])
+    for t in (0.1, 0.3, 1 / 3, 0.7):
+        near = geometry.iou_neighbours(boxes, t)
+        full = geometry.rotated_iou(boxes, boxes) >= t - 1e-12
+        np.fill_diagonal(full, False)
+        assert [n.tolist() for n in near] == [np.flatnonzero(r).tolist() for r in full]
+    assert 302 in geometry.iou_neighbours(boxes, 1 / 3 - 1e-9)[301].tolist()
+    assert 300 in geometry.iou_neighbours(boxes, 1.0)[0].tolist()
