@@ -419,7 +419,7 @@ def _train_members(
             extend=extend,
             init=init,
             init_member=k,
-        )  # fmt: skip
+        )
         for k in range(n)
     ]
     path = out / "model.pt"
@@ -452,7 +452,7 @@ def ensemble_blob(blobs: list[dict], config: dict) -> dict:
             f"members.{k}.{key}": v
             for k, b in enumerate(blobs)
             for key, v in b["state_dict"].items()
-        },  # fmt: skip
+        },
         "arch": {**first["arch"], "members": n},
         "config": config,
         "size_scale": [1.0] * len(classes),  # applied per member, before the fusion
