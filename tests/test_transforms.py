@@ -64,6 +64,22 @@ def test_shift_zoom_and_mirror_keep_pixels_and_labels_together():
     assert masks[0].min() == 0 and masks[0].max() == 1
 
 
+def test_a_chip_depends_on_its_own_draw_only():
+    """The pipelines are built once and pinned to each chip's draw: a draw must not leak
+    into the next chip (same params, same chip, whatever came before)."""
+    box = np.array([60.0, 66.0, 30.0, 12.0, 10.0])
+    img = _drawn(box)
+    masks = [np.ones((P, P), np.uint8)]
+    p = ChipParams(rotate=20.0, dx=3, dy=-2, scale=0.9, brightness=0.1, contrast=-0.1)
+    first = transform_chip(img, masks, box[None], np.array([np.nan]), p, 96)
+    other = ChipParams(rotate=-75.0, dx=-6, dy=7, scale=1.3, flip=True, brightness=-0.2)
+    transform_chip(img, masks, box[None], np.array([np.nan]), other, 96)
+    again = transform_chip(img, masks, box[None], np.array([np.nan]), p, 96)
+    assert np.array_equal(first[0], again[0])
+    assert np.array_equal(first[2], again[2])
+    assert first[2][0, 4] == pytest.approx(30.0, abs=1e-3)
+
+
 def test_canonical_params_lay_the_long_axis_east_with_the_front_right():
     box = np.array([[64.0, 64.0, 30.0, 10.0, 140.0]])
     for head in (140.0, 320.0):
