@@ -164,6 +164,12 @@ class TrainConfig(_Section):
         "kept) per chip: cars and roofs come in colours the labels may not show",
     )
     workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    member_processes: int = Field(
+        0,
+        ge=0,
+        description="with model.members > 1 on a CPU: members trained at once, one process "
+        "each, the torch threads shared out (0: one per thread)",
+    )
     amp: bool = Field(True, description="mixed precision on CUDA")
 
 

@@ -30,6 +30,7 @@ from geodetect.modelfile import load_file
 from geodetect.project import Project, load_project, split_validation
 from geodetect.resume import check_resume, run_identity
 from geodetect.samples import Patch, extract_patches, make_chip, paste_positives
+from geodetect.sidebyside import member_processes, run_members
 
 CHECKPOINT = "checkpoint.pt"
 VAL_THRESHOLD = 0.05
@@ -400,28 +401,37 @@ def _train_members(
 
     Why apart: with few labels two runs of one recipe differ by several points of AP and err
     in different places; their fused boxes beat the members' mean (by +0.03 for three on the
-    NEON crowns; README, "Real imagery"). A resume resumes each member."""
+    NEON crowns; README, "Real imagery"). A resume resumes each member. On a multi-core CPU
+    the members train side by side (`train.member_processes`, sidebyside.py)."""
     n = config.model.members
-    single = config.model_copy(update={"model": config.model.model_copy(update={"members": 1})})
-    paths = [
-        _train(
-            images,
-            labels,
-            pointclouds,
-            single,
-            out / f"member{k + 1}",
-            dev,
-            seed + k,
-            resume,
-            progress,
-            _member_callback(callback, k, n),
-            info,
-            extend=extend,
-            init=init,
-            init_member=k,
-        )
+    single = config.model.model_copy(update={"members": 1})
+    single = config.model_copy(update={"model": single})
+    jobs = [
+        {
+            "images": images,
+            "labels": labels,
+            "pointclouds": pointclouds,
+            "config": single,
+            "out": out / f"member{k + 1}",
+            "seed": seed + k,
+            "resume": resume,
+            "extend": extend,
+            "init": init,
+            "init_member": k,
+        }
         for k in range(n)
     ]
+    processes = member_processes(config.train.member_processes, n, dev, info.world_size)
+    if processes > 1:
+        paths = run_members(jobs, processes, callback, progress)
+    else:
+        paths = [
+            _train(
+                **job, dev=dev, progress=progress, callback=_member_callback(callback, k, n),
+                info=info,
+            )  # fmt: skip
+            for k, job in enumerate(jobs)
+        ]
     path = out / "model.pt"
     if info.is_main:
         blob = ensemble_blob([load_file(p) for p in paths], dump_config(config))

@@ -11,7 +11,7 @@ from _painted import write_scene
 
 from geodetect.cli import main
 from geodetect.config import load_config
-from geodetect.errors import InputError
+from geodetect.errors import InputError, ModelError
 from geodetect.model import build_model, load_model, make_arch
 from geodetect.training import train
 from geodetect.weights import warm_start
@@ -87,7 +87,7 @@ def test_members_train_apart_and_are_saved_as_one_ensemble(base, tmp_path):
     from geodetect.inference import infer
 
     steps: list[tuple[int, int, int]] = []
-    cfg = load_config(None, {**TINY, "model.members": 2})
+    cfg = load_config(None, {**TINY, "model.members": 2, "train.member_processes": 1})
     out = tmp_path / "ens"
 
     def seen(e: dict) -> None:
@@ -127,3 +127,50 @@ def test_members_train_apart_and_are_saved_as_one_ensemble(base, tmp_path):
         train([str(base["img"])], str(base["labels"]), None, load_config(None, reuse), out,
               device="cpu")  # fmt: skip
     assert (out / "member1" / "model.pt").read_bytes() == before
+
+
+def test_members_side_by_side_train_the_networks_of_one_by_one(base, tmp_path):
+    """train.member_processes 2: a process per member at one thread each gives the weights a
+    one-by-one run at one thread gives; progress is one bar over both members; an exception
+    in the callback (napari's cancel) stops both processes."""
+    import multiprocessing as mp
+
+    ens = {**TINY, "model.members": 2, "train.epochs": 2}
+    steps: list[tuple[int, int, int]] = []
+    side = train([str(base["img"])], str(base["labels"]), None,
+                 load_config(None, {**ens, "train.member_processes": 2}), tmp_path / "side",
+                 device="cpu", callback=lambda e: steps.append((e["step"], e["total_steps"], e["member"])))  # fmt: skip
+    torch.set_num_threads(1)
+    try:
+        one = train([str(base["img"])], str(base["labels"]), None,
+                    load_config(None, {**ens, "train.member_processes": 1}), tmp_path / "one",
+                    device="cpu")  # fmt: skip
+    finally:
+        torch.set_num_threads(2)
+    a, b = (torch.load(p, weights_only=True)["state_dict"] for p in (side, one))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [s for s, _, _ in steps] == list(range(1, steps[-1][1] + 1))
+    assert steps[-1][1] == 2 * 2 * 2 and {m for *_, m in steps} == {1, 2}
+
+    def cancel(event: dict) -> None:
+        if event["step"] >= 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train([str(base["img"])], str(base["labels"]), None,
+              load_config(None, {**ens, "train.member_processes": 2}), tmp_path / "stop",
+              device="cpu", callback=cancel)  # fmt: skip
+    assert not mp.active_children()
+    assert not (tmp_path / "stop" / "model.pt").exists()
+
+
+def test_a_member_error_side_by_side_is_the_callers_error(base, tmp_path):
+    """A backbone file that does not fit fails in each member process; the caller gets the
+    error itself (the CLI's one line), nothing is written."""
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"junk")
+    cfg = {**TINY, "model.members": 2, "train.member_processes": 2, "model.pretrained": str(junk)}
+    with pytest.raises(ModelError, match="junk.pt"):
+        train([str(base["img"])], str(base["labels"]), None, load_config(None, cfg),
+              tmp_path / "bad", device="cpu")  # fmt: skip
+    assert not (tmp_path / "bad" / "model.pt").exists()
