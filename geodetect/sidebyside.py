@@ -38,13 +38,15 @@ def member_processes(setting: int, members: int, dev: torch.device, world_size: 
 
 
 def run_members(
+    run: Callable[..., Path],
     jobs: list[dict[str, Any]],
     processes: int,
     callback: Callable[[dict], None] | None,
     progress: bool,
 ) -> list[Path]:
-    """Run `training._train(**job)` for every job, `processes` at a time, each process with
-    an equal share of this process's torch threads. Returns the model paths in job order."""
+    """`run(**job, callback=...)` for every job, `processes` at a time, each process with an
+    equal share of this process's torch threads (`run`: a module-level function, sent to the
+    child by name). Returns the model paths in job order."""
     threads = max(1, torch.get_num_threads() // processes)
     ctx = mp.get_context("spawn")  # torch's OpenMP threads do not survive a fork
     events = ctx.Queue()
@@ -61,7 +63,7 @@ def run_members(
             while pending and len(running) < processes:
                 k = pending.pop(0)
                 proc = ctx.Process(
-                    target=_member_main, args=(k, jobs[k], threads, events), daemon=True
+                    target=_member_main, args=(run, k, jobs[k], threads, events), daemon=True
                 )
                 proc.start()
                 running[k] = proc
@@ -117,11 +119,10 @@ def _check_alive(running: dict[int, mp.process.BaseProcess]) -> None:
             )
 
 
-def _member_main(k: int, job: dict[str, Any], threads: int, events: Any) -> None:
+def _member_main(
+    run: Callable[..., Path], k: int, job: dict[str, Any], threads: int, events: Any
+) -> None:
     """Child process: one member's whole training, its steps and its outcome on `events`."""
-    from geodetect.ddp import DistInfo
-    from geodetect.training import _train
-
     sys.stdout = sys.stderr  # a parent speaking a protocol on stdout (napari's jobs) keeps it
     torch.set_num_threads(threads)
 
@@ -129,9 +130,7 @@ def _member_main(k: int, job: dict[str, Any], threads: int, events: Any) -> None
         events.put(("step", k, event))
 
     try:
-        path = _train(
-            **job, dev=torch.device("cpu"), progress=False, callback=report, info=DistInfo()
-        )
+        path = run(**job, callback=report)
     except BaseException as exc:  # noqa: BLE001 - the parent re-raises it
         events.put(("error", k, _pickled(exc)))
         return

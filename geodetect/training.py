@@ -423,7 +423,8 @@ def _train_members(
     ]
     processes = member_processes(config.train.member_processes, n, dev, info.world_size)
     if processes > 1:
-        paths = run_members(jobs, processes, callback, progress)
+        apart = [{**job, "dev": dev, "progress": False, "info": info} for job in jobs]
+        paths = run_members(_train, apart, processes, callback, progress)
     else:
         paths = [
             _train(
