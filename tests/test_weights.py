@@ -137,9 +137,13 @@ def test_members_side_by_side_train_the_networks_of_one_by_one(base, tmp_path):
 
     ens = {**TINY, "model.members": 2, "train.epochs": 2}
     steps: list[tuple[int, int, int]] = []
+
+    def seen(e: dict) -> None:
+        steps.append((e["step"], e["total_steps"], e["member"]))
+
     side = train([str(base["img"])], str(base["labels"]), None,
                  load_config(None, {**ens, "train.member_processes": 2}), tmp_path / "side",
-                 device="cpu", callback=lambda e: steps.append((e["step"], e["total_steps"], e["member"])))  # fmt: skip
+                 device="cpu", callback=seen)  # fmt: skip
     torch.set_num_threads(1)
     try:
         one = train([str(base["img"])], str(base["labels"]), None,
