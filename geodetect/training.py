@@ -428,9 +428,12 @@ def _train_members(
     else:
         paths = [
             _train(
-                **job, dev=dev, progress=progress, callback=_member_callback(callback, k, n),
+                **job,
+                dev=dev,
+                progress=progress,
+                callback=_member_callback(callback, k, n),
                 info=info,
-            )  # fmt: skip
+            )
             for k, job in enumerate(jobs)
         ]
     path = out / "model.pt"
