@@ -168,7 +168,7 @@ class TrainConfig(_Section):
         0,
         ge=0,
         description="with model.members > 1 on a CPU: members trained at once, one process "
-        "each, the torch threads shared out (0: one per thread)",
+        "each, the torch threads shared out (0: all of them)",
     )
     amp: bool = Field(True, description="mixed precision on CUDA")
 

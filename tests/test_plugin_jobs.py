@@ -56,6 +56,49 @@ def test_cancel_kills_the_child(tmp_path: Path, sample_small) -> None:
     assert not (tmp_path / "run" / "model.pt").exists()
 
 
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of the process group is left (zombies not counted)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def test_an_ensemble_trains_side_by_side_in_the_job_and_cancel_stops_every_member(
+    tmp_path: Path, sample_small
+) -> None:
+    """The job's child spawns a process per member: progress (with the member) and the
+    result still come back on its stdout protocol; a cancel stops the members too."""
+    import torch
+
+    ens = {**TINY, "model.members": 2, "train.member_processes": 2}
+    img = [str(sample_small.image)]
+    job = Job("train", train_params(img, sample_small.labels, tmp_path / "ens", None, ens))
+    job.wait(300)
+    assert job.error is None, job.error
+    assert job.progress["members"] == 2 and job.progress["step"] == job.progress["total_steps"]
+    model = torch.load(job.result["model"], weights_only=True)
+    assert model["arch"]["members"] == 2
+
+    long = {**ens, "train.epochs": 500}
+    job = Job("train", train_params(img, sample_small.labels, tmp_path / "stop", None, long))
+    t0 = time.monotonic()
+    while "member" not in job.progress and time.monotonic() - t0 < 120:
+        job.poll()
+        time.sleep(0.1)
+    assert job.progress.get("member"), "the members never reported a step"
+    job.cancel()
+    job.wait(30)
+    assert job.error == "train cancelled"
+    time.sleep(0.5)
+    assert not _group_alive(job.pid)
+    assert not (tmp_path / "stop" / "model.pt").exists()
+
+
 def test_a_crashed_child_is_reported(tmp_path: Path) -> None:
     job = Job(
         "detect", {"model": "x", "image": "y", "out": str(tmp_path / "d.gpkg")}, python="false"
