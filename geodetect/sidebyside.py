@@ -65,9 +65,9 @@ def run_members(
         while len(done) < len(jobs):
             while pending and len(running) < processes:
                 k = pending.pop(0)
-                proc = ctx.Process(
-                    target=_member_main, args=(run, k, jobs[k], threads, events), daemon=True
-                )
+                # not daemonic: a member may start DataLoader workers (train.workers); the
+                # `finally` below stops the members however this loop ends
+                proc = ctx.Process(target=_member_main, args=(run, k, jobs[k], threads, events))
                 proc.start()
                 running[k] = proc
             try:

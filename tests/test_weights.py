@@ -130,9 +130,9 @@ def test_members_train_apart_and_are_saved_as_one_ensemble(base, tmp_path):
 
 
 def test_members_side_by_side_train_the_networks_of_one_by_one(base, tmp_path):
-    """train.member_processes 2: a process per member at one thread each gives the weights a
-    one-by-one run at one thread gives; progress is one bar over both members; an exception
-    in the callback (napari's cancel) stops both processes."""
+    """train.member_processes 2: a process per member at one thread each (with a DataLoader
+    worker of its own) gives the weights a one-by-one run at one thread gives; progress is one
+    bar over both members; an exception in the callback (napari's cancel) stops both."""
     import multiprocessing as mp
 
     ens = {**TINY, "model.members": 2, "train.epochs": 2}
@@ -141,9 +141,9 @@ def test_members_side_by_side_train_the_networks_of_one_by_one(base, tmp_path):
     def seen(e: dict) -> None:
         steps.append((e["step"], e["total_steps"], e["member"]))
 
-    side = train([str(base["img"])], str(base["labels"]), None,
-                 load_config(None, {**ens, "train.member_processes": 2}), tmp_path / "side",
-                 device="cpu", callback=seen)  # fmt: skip
+    side_cfg = {**ens, "train.member_processes": 2, "train.workers": 1}  # a member's own worker
+    side = train([str(base["img"])], str(base["labels"]), None, load_config(None, side_cfg),
+                 tmp_path / "side", device="cpu", callback=seen)  # fmt: skip
     torch.set_num_threads(1)
     try:
         one = train([str(base["img"])], str(base["labels"]), None,
