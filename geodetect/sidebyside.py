@@ -73,8 +73,9 @@ def run_members(
             try:
                 kind, k, payload = events.get(timeout=POLL_S)
             except queue.Empty:
-                _check_alive(running)
+                _check_alive(running)  # a member that died reports nothing
                 continue
+            _check_alive(running)  # ... while the others may go on reporting
             if kind == "step":
                 steps[k], totals[k] = payload["step"], payload["total_steps"]
                 total = _total(totals, len(jobs))
