@@ -17,12 +17,18 @@ Negatives: cells of a 64 px grid over the training part whose area (grown by 12 
 no annotated crown, merged into connected regions; the largest few become negative polygons
 (bare ground, meadow, road and shadow between the stands: the places no crown was drawn).
 
+Site case (`--cases site`): a user with the Yellowstone model at another site labels the
+crowns of the left half of its scene (OSBS: 27, SOAP: 17, plus a few crown-free regions) and
+fine-tunes (`train --init`, 20 epochs, as the napari Train tab's retrain); AP@0.4 on the right
+half, before and after.
+
 Few-labels case: a generated 2048² scene at 0.25 m with only 10 positives per class plus its
 usual negative regions, evaluated (AP50) on bench_infer's three unseen scenes.
 
     python benchmarks/bench_real.py [--config configs/trees.yaml] [--epochs N]
         [--set train.lr=0.002 ...] [--few-set train.paste_rows=0.5 ...]
-        [--cases yell,osbs,soap,few] [--pretrain [--pretrain-on all]]
+        [--cases yell,osbs,soap,site,few] [--pretrain [--pretrain-on all]]
+        [--site-model MODEL.pt] [--site-epochs 20]
         [--init MODEL.pt] [--threshold 0.05] [--threads 2] [--seed N] [--keep DIR]
     python benchmarks/bench_real.py --write-sample data    # the committed crop (data/)
 """
@@ -46,6 +52,7 @@ import pandas as pd
 import rasterio
 import shapely
 from rasterio.transform import from_origin
+from rasterio.windows import Window
 
 WHEEL = "deepforest==2.1.0"
 YELL = "2019_YELL_2_528000_4978000_image_crop2"
@@ -112,13 +119,20 @@ def frame(xyxy: np.ndarray, transform, crs, label: str = "positive", negs=()) ->
     return gpd.GeoDataFrame(df, geometry=geoms + negs, crs=crs)
 
 
-def free_regions(xyxy: np.ndarray, width: int, height: int, n: int) -> list:
+def free_regions(
+    xyxy: np.ndarray,
+    width: int,
+    height: int,
+    n: int,
+    cell: int = NEG_CELL,
+    margin: int = NEG_MARGIN,
+) -> list:
     """The n largest crown-free regions (pixel frame): see the module docstring."""
-    rows, cols = height // NEG_CELL, width // NEG_CELL
-    grown = shapely.box(*(xyxy + [-NEG_MARGIN, -NEG_MARGIN, NEG_MARGIN, NEG_MARGIN]).T)
+    rows, cols = height // cell, width // cell
+    grown = shapely.box(*(xyxy + [-margin, -margin, margin, margin]).T)
     tree = shapely.STRtree(grown)
     cells = [
-        shapely.box(c * NEG_CELL, r * NEG_CELL, (c + 1) * NEG_CELL, (r + 1) * NEG_CELL)
+        shapely.box(c * cell, r * cell, (c + 1) * cell, (r + 1) * cell)
         for r in range(rows)
         for c in range(cols)
     ]
@@ -173,6 +187,46 @@ def build(data: Path, work: Path, seed: int = 0) -> dict:
     frame(voc_boxes(data / "SOAP_061.xml"), t_soap, "EPSG:32611").to_file(work / "soap_truth.gpkg")
     cases["soap"] = {"image": work / "soap.tif", "truth": work / "soap_truth.gpkg"}
     return cases
+
+
+def site_halves(real: dict, data: Path, work: Path) -> dict:
+    """The other sites as a user meets them: the left half of each scene labelled (every
+    crown wholly in it, and up to 3 crown-free regions of a 20 px grid: OSBS has no 64 px
+    cell free of crowns), the right half held out (every crown centred in it)."""
+    xml = {"osbs": data / "OSBS_029.xml", "soap": data / "SOAP_061.xml"}
+    out = {}
+    for name in ("osbs", "soap"):
+        boxes = voc_boxes(xml[name])
+        with rasterio.open(real[name]["image"]) as src:
+            cut, width, height = src.width // 2, src.width, src.height
+            parts = {}
+            for part, win in (
+                ("train", ((0, height), (0, cut))),
+                ("test", ((0, height), (cut, width))),
+            ):
+                window = Window.from_slices(*win)
+                transform = src.window_transform(window)
+                profile = dict(
+                    driver="GTiff", width=window.width, height=window.height, count=3,
+                    dtype="uint8", crs=src.crs, transform=transform, tiled=False,
+                )  # fmt: skip
+                path = work / f"{name}_{part}.tif"
+                with rasterio.open(path, "w", **profile) as dst:
+                    dst.write(src.read(indexes=[1, 2, 3], window=window))
+                parts[part] = (path, transform, src.crs)
+        inside = boxes[:, 2] <= cut
+        negs = free_regions(boxes[boxes[:, 0] < cut], cut, height, 3, cell=20, margin=4)
+        (train, t_train, crs), (test, t_test, _) = parts["train"], parts["test"]
+        frame(boxes[inside], t_train, crs, negs=negs).to_file(work / f"{name}_labels.gpkg")
+        held = boxes[(boxes[:, 0] + boxes[:, 2]) / 2 >= cut] - [cut, 0, cut, 0]
+        held[:, [0, 2]] = np.clip(held[:, [0, 2]], 0, width - cut)
+        frame(held, t_test, crs).to_file(work / f"{name}_truth_right.gpkg")
+        out[name] = {
+            "train": train, "labels": work / f"{name}_labels.gpkg", "test": test,
+            "truth": work / f"{name}_truth_right.gpkg", "n_pos": int(inside.sum()),
+            "n_neg": len(negs),
+        }  # fmt: skip
+    return out
 
 
 SAMPLE_WINDOW = (864, 0, 320, 320)  # col, row, width, height in the Yellowstone crop
@@ -266,6 +320,11 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=0.05,
                     help="detections kept for AP (low: AP is the whole PR curve)")  # fmt: skip
     ap.add_argument("--init", default=None, help="warm-start the real case from this model")
+    ap.add_argument("--site-model", default=None,
+                    help="the site case fine-tunes this Yellowstone model (default: the one "
+                    "this run trains)")  # fmt: skip
+    ap.add_argument("--site-epochs", type=int, default=20,
+                    help="site case: fine-tuning epochs (the Train tab's retrain: 20)")  # fmt: skip
     ap.add_argument("--keep", type=Path, default=None, help="folder to keep the runs in")
     ap.add_argument("--write-sample", type=Path, default=None, metavar="DIR",
                     help="only write the small committed crop (data/) and exit")  # fmt: skip
@@ -288,6 +347,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     print(f"work folder: {work}; load: {os.getloadavg()[0]:.1f}")
     results: dict = {}
+    model = args.site_model
+    if "site" in cases and not (model or {"yell", "osbs", "soap"} & set(cases)):
+        ap.error("the site case needs --site-model or a real case (yell, osbs, soap) to train one")
     if {"yell", "osbs", "soap"} & set(cases):
         real = build(fetch(), work / "real")
         y = real["yell"]
@@ -332,6 +394,27 @@ def main() -> None:
                 f"{name:<5} AP@0.4 {fmt(m['ap'])}  P {fmt(m['precision'])}  R {fmt(m['recall'])}"
                 f"  (n={m['n_truth']}, {m['n_pred']} detections, infer "
                 f"{time.perf_counter() - t0:.1f} s)"
+            )
+    if "site" in cases:
+        sites = site_halves(build(fetch(), work / "real"), fetch(), work / "site")
+        config = load_config(args.config, {**overrides, "train.epochs": args.site_epochs})
+        for name, c in sites.items():
+            before = work / f"site_{name}_yell.gpkg"
+            infer(model, [str(c["test"])], out=before, device=args.device, threshold=args.threshold)
+            t0 = time.perf_counter()
+            tuned = train([str(c["train"])], str(c["labels"]), config=config,
+                          out_dir=work / f"run_site_{name}", device=args.device, seed=args.seed,
+                          init=model)  # fmt: skip
+            secs = time.perf_counter() - t0
+            after = infer(tuned, [str(c["test"])], out=work / f"site_{name}_tuned.gpkg",
+                          device=args.device, threshold=args.threshold)  # fmt: skip
+            m0, m1 = (scores(p, c["truth"], 0.4)["tree"] for p in (before, after))
+            results[f"site_{name}"] = {"yellowstone_model": m0, "fine_tuned": m1, "seconds": secs}
+            print(
+                f"site  {name} right half (n={m1['n_truth']}): Yellowstone model AP@0.4 "
+                f"{fmt(m0['ap'])} -> fine-tuned on the left half ({c['n_pos']} crowns, "
+                f"{c['n_neg']} negatives, {args.site_epochs} epochs, {secs:.0f} s) AP@0.4 "
+                f"{fmt(m1['ap'])}  P {fmt(m1['precision'])}  R {fmt(m1['recall'])}"
             )
     if "few" in cases:
         sys.path.insert(0, str(Path(__file__).parent))
