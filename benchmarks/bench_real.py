@@ -194,6 +194,7 @@ def site_halves(real: dict, data: Path, work: Path) -> dict:
     crown wholly in it, and up to 3 crown-free regions of a 20 px grid: OSBS has no 64 px
     cell free of crowns), the right half held out (every crown centred in it)."""
     xml = {"osbs": data / "OSBS_029.xml", "soap": data / "SOAP_061.xml"}
+    work.mkdir(parents=True, exist_ok=True)
     out = {}
     for name in ("osbs", "soap"):
         boxes = voc_boxes(xml[name])
