@@ -80,7 +80,8 @@ def test_an_ensemble_trains_side_by_side_in_the_job_and_cancel_stops_every_membe
     job = Job("train", train_params(img, sample_small.labels, tmp_path / "ens", None, ens))
     job.wait(300)
     assert job.error is None, job.error
-    assert job.progress["members"] == 2 and job.progress["step"] == job.progress["total_steps"]
+    # progress is sent at most every 0.2 s: the last one seen need not be the last step
+    assert job.progress["members"] == 2 and job.progress["total_steps"] == 2 * 4
     model = torch.load(job.result["model"], weights_only=True)
     assert model["arch"]["members"] == 2
 
