@@ -23,13 +23,16 @@ def run_identity(
     seed: int,
     init: str | Path | None = None,
 ) -> dict:
-    """What makes a checkpoint this run's: config (but the epoch count), seed, and checksums
-    of the labels, scenes, point clouds and `--init` model. Stored in the checkpoint, compared
-    on resume."""
+    """What makes a checkpoint this run's: config (but the epoch count and how the work is
+    spread over processes), seed, and checksums of the labels, scenes, point clouds and
+    `--init` model. Stored in the checkpoint, compared on resume: a side-by-side ensemble
+    killed for memory resumes with `train.member_processes: 1`, as its error advises."""
     from geodetect.manifest import canonical_json, file_sha256, scene_checksum
 
     cfg = dump_config(config)
-    cfg["train"] = {k: v for k, v in cfg["train"].items() if k not in ("epochs", "workers")}
+    cfg["train"] = {
+        k: v for k, v in cfg["train"].items() if k not in ("epochs", "workers", "member_processes")
+    }
     return {
         "config": hashlib.sha256(canonical_json(cfg).encode()).hexdigest(),
         "seed": int(seed),

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from geodetect.config import load_config
 from geodetect.errors import GeodetectError
+from geodetect.resume import run_identity
 from geodetect.sidebyside import member_processes, run_members
 
 
@@ -46,3 +48,15 @@ def test_a_member_process_that_dies_is_one_error_naming_it():
         run_members(_killed, jobs, 2, None, False)
     assert time.monotonic() - t0 < 15  # not after the healthy member's 20 s
     assert not mp.active_children()
+
+
+def test_a_run_killed_side_by_side_resumes_one_by_one():
+    """The died-member error advises member_processes: 1; the checkpoints must then still be
+    this run's (how the members are spread over processes is not what the run is)."""
+
+    def ident(overrides: dict) -> dict:
+        return run_identity([], "labels.gpkg", None, load_config(None, overrides), 0)
+
+    side = ident({"model.members": 3, "train.member_processes": 3})
+    assert ident({"model.members": 3, "train.member_processes": 1}) == side
+    assert ident({"model.members": 2, "train.member_processes": 3}) != side
