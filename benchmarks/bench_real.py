@@ -348,6 +348,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     print(f"work folder: {work}; load: {os.getloadavg()[0]:.1f}")
     results: dict = {}
+    real: dict | None = None  # the real cases' scenes, built once
     model = args.site_model
     if "site" in cases and not (model or {"yell", "osbs", "soap"} & set(cases)):
         ap.error("the site case needs --site-model or a real case (yell, osbs, soap) to train one")
@@ -397,7 +398,8 @@ def main() -> None:
                 f"{time.perf_counter() - t0:.1f} s)"
             )
     if "site" in cases:
-        sites = site_halves(build(fetch(), work / "real"), fetch(), work / "site")
+        real = real or build(fetch(), work / "real")
+        sites = site_halves(real, fetch(), work / "site")
         config = load_config(args.config, {**overrides, "train.epochs": args.site_epochs})
         for name, c in sites.items():
             before = work / f"site_{name}_yell.gpkg"
