@@ -77,7 +77,8 @@ def test_a_chip_depends_on_its_own_draw_only():
     again = transform_chip(img, masks, box[None], np.array([np.nan]), p, 96)
     assert np.array_equal(first[0], again[0])
     assert np.array_equal(first[2], again[2])
-    assert first[2][0, 4] == pytest.approx(30.0, abs=1e-3)
+    assert first[2][0, 4] == pytest.approx(30.0, abs=1e-3)  # the draw was applied: turned,
+    assert first[2][0, 2:4] == pytest.approx([27.0, 10.8], abs=1e-3)  # and zoomed x0.9
 
 
 def test_canonical_params_lay_the_long_axis_east_with_the_front_right():
